@@ -1,0 +1,336 @@
+"""JSONL data files: validated readers, atomic writers, padding and batching.
+
+The four kinds of file (DESIGN.md §4), one JSON object a line, UTF-8:
+
+    sft          prompt, response
+    preferences  prompt, chosen, rejected (optional margin)
+    prompts      prompt (optional id, meta)
+    samples      prompt, responses: [str], rewards: [number] (one reward per response)
+
+Extra fields are kept (other tools' files load as they are); an optional field that is null counts
+as absent. Every problem a user can cause raises DataError naming the file, 1-based line and field.
+Writes are atomic (temp file beside the target, fsync, os.replace): a crash leaves the old file or
+the new one, never half of one. Strict JSON has no NaN, so writers store non-finite floats as null.
+
+Shapes: B batch, T padded length.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import secrets
+import warnings
+from pathlib import Path, PurePath
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+
+class DataError(ValueError):
+    """A data problem, e.g. "data/prefs.jsonl:17: field 'chosen': expected a string, got int"."""
+
+
+# ---- field checks: each returns None when the value is fine, else what is wrong with it ----------
+
+def _type_name(v: Any) -> str:
+    names = {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}
+    return "null" if v is None else names.get(type(v), type(v).__name__)
+
+
+def _expect(ok: bool, what: str, v: Any) -> str | None:
+    return None if ok else f"expected {what}, got {_type_name(v)}"
+
+
+def _string(v: Any) -> str | None:
+    return _expect(isinstance(v, str), "a string", v)
+
+
+def _prompt(v: Any) -> str | None:
+    return _string(v) or (None if v.strip() else "empty")
+
+
+def _number(v: Any) -> str | None:
+    # bool is an int subclass in Python, but `true` where a number belongs is a bug in the file
+    err = _expect(isinstance(v, (int, float)) and not isinstance(v, bool), "a number", v)
+    try:
+        return err or (None if math.isfinite(v) else f"expected a finite number, got {v}")
+    except OverflowError:  # an int too large to become a float
+        return "number too large"
+
+
+def _id(v: Any) -> str | None:
+    return _expect(isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)), "a string or an int", v)
+
+
+def _object(v: Any) -> str | None:
+    return _expect(isinstance(v, dict), "an object", v)
+
+
+def _list_of(check: Callable[[Any], str | None], nonempty: bool) -> Callable[[Any], str | None]:
+    def check_list(v: Any) -> str | None:
+        if not isinstance(v, list) or (nonempty and not v):
+            return _expect(False, "a list", v) if not isinstance(v, list) else "empty list"
+        errs = ((i, check(item)) for i, item in enumerate(v))
+        return next((f"item {i}: {err}" for i, err in errs if err), None)
+    return check_list
+
+
+# kind -> field -> (required, check)
+SCHEMAS: dict[str, dict[str, tuple[bool, Callable[[Any], str | None]]]] = {
+    "sft": {"prompt": (True, _prompt), "response": (True, _string)},
+    "preferences": {"prompt": (True, _prompt), "chosen": (True, _string), "rejected": (True, _string),
+                    "margin": (False, _number)},
+    "prompts": {"prompt": (True, _prompt), "id": (False, _id), "meta": (False, _object)},
+    "samples": {"prompt": (True, _prompt), "responses": (True, _list_of(_string, nonempty=True)),
+                "rewards": (True, _list_of(_number, nonempty=False))},
+}
+
+
+def _schema(kind: str) -> dict:
+    if kind not in SCHEMAS:
+        raise ValueError(f"unknown data kind {kind!r}; choose from: {', '.join(SCHEMAS)}")
+    return SCHEMAS[kind]
+
+
+def validate_record(obj: Any, kind: str, where: str) -> dict:
+    """Check one record against SCHEMAS[kind]; return it unchanged or raise DataError prefixed by `where`."""
+    schema = _schema(kind)
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {_type_name(obj)}")
+    for name, (required, check) in schema.items():
+        if obj.get(name) is None and not required:
+            continue
+        if name not in obj:
+            raise DataError(f"{where}: missing field {name!r}")
+        err = check(obj[name])
+        if err:
+            raise DataError(f"{where}: field {name!r}: {err}")
+    if kind == "samples" and len(obj["rewards"]) != len(obj["responses"]):
+        raise DataError(f"{where}: field 'rewards': {len(obj['rewards'])} rewards for "
+                        f"{len(obj['responses'])} responses (need one each)")
+    return obj
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+
+def _open_for_reading(path: Path):
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _parse_lines(path, max_line_bytes: int, allow_partial_tail: bool) -> Iterator[tuple[str, Any]]:
+    """Yield ("file:line", parsed JSON value) for each non-blank line."""
+    with _open_for_reading(Path(path)) as f:
+        lineno = 0
+        while True:
+            # read at most the limit (+2 for "\r\n") so one huge line cannot exhaust memory
+            raw = f.readline(max_line_bytes + 2)
+            if not raw:
+                return
+            lineno += 1
+            where = f"{path}:{lineno}"
+            has_newline = raw.endswith(b"\n")
+            body = raw[:-1] if has_newline else raw
+            body = body[:-1] if body.endswith(b"\r") else body
+            if len(body) > max_line_bytes:
+                size = len(body)
+                while not has_newline:  # count the rest of the line without keeping it
+                    chunk = f.readline(1 << 20)
+                    has_newline = not chunk or chunk.endswith(b"\n")
+                    size += len(chunk) - chunk.endswith(b"\n")
+                raise DataError(f"{where}: line is {size} bytes, over the {max_line_bytes}-byte limit")
+            if lineno == 1 and body.startswith(b"\xef\xbb\xbf"):
+                body = body[3:]  # a byte-order mark some editors write
+            if not body.strip():
+                continue
+            try:
+                yield where, json.loads(body.decode("utf-8"))
+                continue
+            except UnicodeDecodeError as e:
+                err = f"bytes are not valid UTF-8 (at byte {e.start + 1})"
+            except json.JSONDecodeError as e:
+                err = f"not valid JSON ({e.msg} at column {e.colno})"
+            except (ValueError, RecursionError) as e:  # an int past Python's digit limit, deep nesting
+                err = f"not valid JSON ({e})"
+            if allow_partial_tail and not has_newline:
+                # no newline means this is the last line: an append interrupted by a crash
+                warnings.warn(f"{where}: dropped 1 partial final line ({len(body)} bytes, no newline); "
+                              "it was left by an interrupted write")
+                return
+            raise DataError(f"{where}: {err}")
+
+
+def read_objects(path, max_line_bytes: int = 1 << 20, allow_partial_tail: bool = False) -> list[dict]:
+    """Read a JSONL file of objects with no schema (e.g. metrics.jsonl); an empty file gives []."""
+    out = []
+    for where, obj in _parse_lines(path, max_line_bytes, allow_partial_tail):
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {_type_name(obj)}")
+        out.append(obj)
+    return out
+
+
+def read_jsonl(path, kind: str, max_line_bytes: int = 1 << 20, allow_partial_tail: bool = False) -> list[dict]:
+    """Read and validate a JSONL file of one of the kinds in SCHEMAS; blank lines are skipped.
+
+    allow_partial_tail (resumable outputs): a final line with no newline that does not parse (a crash
+    while appending) is dropped with a warning, and an empty file gives [] instead of an error."""
+    _schema(kind)  # unknown kind: fail before touching the file
+    rows = [validate_record(obj, kind, where) for where, obj in _parse_lines(path, max_line_bytes, allow_partial_tail)]
+    if not rows and not allow_partial_tail:
+        raise DataError(f"{path}: file is empty (no records)")
+    return rows
+
+
+def read_json(path) -> dict:
+    """Read a JSON object file (config.json, meta.json); DataError naming the file on any problem."""
+    with _open_for_reading(Path(path)) as f:
+        raw = f.read()
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad UTF-8 (a ValueError too) or bad JSON
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a JSON object, got {_type_name(obj)}")
+    return obj
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+
+def _json_safe(obj: Any) -> Any:
+    """Non-finite floats -> None (strict JSON has no NaN), tuples -> lists, paths -> str."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, PurePath):
+        return str(obj)
+    return obj
+
+
+def _dumps(obj: Any, where: str, **kwargs) -> bytes:
+    try:
+        return json.dumps(_json_safe(obj), ensure_ascii=False, allow_nan=False, **kwargs).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as e:  # unserialisable type, lone surrogate, cycle
+        raise DataError(f"{where}: cannot be written as JSON ({e})") from None
+
+
+def fsync_dir(directory: Path) -> None:
+    """fsync a directory so a rename in it is durable; best effort (not every OS/filesystem allows it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path, chunks: Iterable[bytes]) -> None:
+    """Write chunks to a temp file beside `path`, fsync, rename over `path`; on any failure (the
+    iterator raising included) the temp file is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with mode 0o666 honours the umask (tempfile.mkstemp would force 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_jsonl(path, rows: Iterable[dict], kind: str | None = None) -> None:
+    """Atomically write rows as JSONL (UTF-8, one object a line); each row validated when `kind` is given."""
+    if kind is not None:
+        _schema(kind)
+
+    def lines() -> Iterator[bytes]:
+        for i, row in enumerate(rows):
+            where = f"{path}:{i + 1}"
+            if kind is not None:
+                validate_record(row, kind, where)
+            yield _dumps(row, where) + b"\n"
+    atomic_write_bytes(path, lines())
+
+
+def _drop_partial_tail(path: Path) -> None:
+    """Truncate a final line with no newline (left by a crash mid-append) so appends stay whole lines."""
+    with open(path, "r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        f.seek(max(end - 1, 0))
+        if end == 0 or f.read(1) == b"\n":
+            return  # the common case costs one byte of reading
+        f.seek(0)
+        keep = f.read().rfind(b"\n") + 1  # rare, so reading the whole file is fine
+        warnings.warn(f"{path}: dropped a partial final line ({end - keep} bytes) before appending")
+        f.truncate(keep)
+
+
+def append_jsonl(path, rows: Iterable[dict]) -> None:
+    """Append rows as whole lines, then flush and fsync (resumable outputs); a bad row appends nothing."""
+    path = Path(path)
+    data = b"".join(_dumps(row, f"{path}: row {i + 1}") + b"\n" for i, row in enumerate(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        _drop_partial_tail(path)
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path, obj: Any) -> None:
+    """Atomically write one JSON value (indent 2, sorted keys); config.json, meta.json, tables."""
+    atomic_write_bytes(path, [_dumps(obj, str(path), indent=2, sort_keys=True) + b"\n"])
+
+
+# ---- padding and batching --------------------------------------------------------------------------
+
+def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T = len(seqs), max((len(s) for s in seqs), default=0)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros(B, T)  # (B, T), 1.0 on real tokens
+    for i, s in enumerate(seqs):
+        cols = slice(T - len(s), T) if left else slice(0, len(s))
+        ids[i, cols] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, cols] = 1.0
+    return ids, mask
+
+
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists (prompts: generation continues from the last column) to the longest.
+
+    Returns ids LongTensor (B, T) and mask FloatTensor (B, T): 1.0 real, 0.0 pad."""
+    return _pad(seqs, pad_id, left=True)
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists (responses); returns ids (B, T) long and mask (B, T) float as pad_left."""
+    return _pad(seqs, pad_id, left=False)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False) -> list[list[int]]:
+    """Split range(n) into index batches, shuffled with `generator` when one is given."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and out and len(out[-1]) < batch_size:
+        out.pop()
+    return out

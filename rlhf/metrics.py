@@ -1,0 +1,51 @@
+"""Evaluation statistics: win rate with ties, bootstrap intervals, calibration, correlation.
+
+Shapes: N items (prompts or pairs).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def win_outcomes(scores_a, scores_b, tie_tol: float = 1e-9):
+    """Per-item outcome of A against B: 1 win, 0.5 tie, 0 loss.  scores (N,) -> (N,)"""
+    a, b = torch.as_tensor(scores_a, dtype=torch.float64), torch.as_tensor(scores_b, dtype=torch.float64)
+    d = a - b
+    return torch.where(d > tie_tol, 1.0, torch.where(d < -tie_tol, 0.0, 0.5))
+
+
+def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: resample the N items with replacement n_boot times.
+
+    values (N,) -> (lower, upper) of the (1 - alpha) interval.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.numel() == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)
+    means = v[idx].mean(1)
+    return (torch.quantile(means, alpha / 2).item(), torch.quantile(means, 1 - alpha / 2).item())
+
+
+def expected_calibration_error(probs, labels, n_bins: int = 10) -> float:
+    """ECE = sum_b (n_b / N) * |mean(p in b) - mean(y in b)| over n_bins equal-width bins of p.
+
+    probs (N,) predicted P(y = 1), labels (N,) in {0, 1}.
+    """
+    p, y = torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.float64)
+    bins = (p * n_bins).long().clamp(0, n_bins - 1)
+    ece = torch.zeros((), dtype=torch.float64)
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            ece += m.sum() / p.numel() * (p[m].mean() - y[m].mean()).abs()
+    return ece.item()
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation of two (N,) sequences; 0.0 when either is constant."""
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denom = (x.square().sum() * y.square().sum()).sqrt()
+    return 0.0 if denom == 0 else (x * y).sum().div(denom).item()

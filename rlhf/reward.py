@@ -1,0 +1,133 @@
+"""Reward modelling: the Bradley-Terry loss, contrastive rewards, batched RM scoring, RM diagnostics.
+
+Shapes: B batch (pairs or prompts), k baseline samples per prompt, N items.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.metrics import expected_calibration_error, pearson
+from rlhf.sft import join_prompt_response
+
+AGGREGATES = ("mean", "median", "max", "min")
+
+
+def bradley_terry_loss(chosen, rejected, margin=None):
+    """Bradley-Terry negative log-likelihood of the preferred response.
+
+    Ref: Bradley & Terry 1952; as the RM loss in Ouyang et al. 2022 (arXiv 2203.02155) eq. 1 and
+    Lang et al. 2024 (arXiv 2403.19279) Algorithm 1 step 1; the margin as in Touvron et al. 2023 (Llama 2) eq. 2.
+        loss = mean_B( -log sigmoid( r(x, y_w) - r(x, y_l) - m ) ),   m = 0 when margin is None
+    chosen, rejected, margin: (B,) -> scalar. Written with logsigmoid, which is stable for large gaps.
+    """
+    assert chosen.shape == rejected.shape and chosen.dim() == 1, (chosen.shape, rejected.shape)
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff).mean()
+
+
+def aggregate_baselines(baseline_rewards, how: str = "mean"):
+    """g({r(x, y_j)}_{j=1..k}): one baseline per prompt from its k offline samples' rewards.
+
+    Ref: Shen et al. 2024 (arXiv 2403.07708), the contrastive reward's baseline (mean by default;
+    median, max and min as ablations).   baseline_rewards (B, k) -> (B,)
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"baseline aggregate must be one of: {', '.join(AGGREGATES)} (got {how!r})")
+    assert baseline_rewards.dim() == 2 and baseline_rewards.shape[1] >= 1, baseline_rewards.shape
+    if how == "mean":
+        return baseline_rewards.mean(1)
+    if how == "median":  # for even k, torch's median is the lower of the two middle values
+        return baseline_rewards.median(1).values
+    return baseline_rewards.amax(1) if how == "max" else baseline_rewards.amin(1)
+
+
+def contrastive_reward(reward, baseline_rewards, how: str = "mean"):
+    """r_CR(x, y) = r(x, y) - g({r(x, y_j)}_{j=1..k}).
+
+    Ref: Shen et al. 2024 (arXiv 2403.07708), the contrastive reward used in PPO in place of r.
+    reward (B,), baseline_rewards (B, k) -> (B,)
+    """
+    assert reward.shape[0] == baseline_rewards.shape[0], (reward.shape, baseline_rewards.shape)
+    return reward - aggregate_baselines(baseline_rewards, how)
+
+
+def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str]):
+    """Chosen and rejected of B pairs as ONE right-padded batch of 2B rows (chosen first), so a
+    pair costs one forward. Returns ids (2B, T), mask (2B, T)."""
+    p = tok.encode_prompts(prompts)
+    r = tok.encode_responses(list(chosen) + list(rejected))
+    ids, mask, _ = join_prompt_response(p + p, r, tok.pad_id)
+    return ids, mask
+
+
+@torch.no_grad()
+def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 64, device="cpu"):
+    """RM scores r(x, y) of N (prompt, response) pairs, read at the last real token (EOS). -> (N,)"""
+    was_training = rm.training
+    rm.eval()
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        p = tok.encode_prompts(prompts[s:s + batch_size])
+        r = tok.encode_responses(responses[s:s + batch_size])
+        too_long = [i for i in range(len(p)) if len(p[i]) + len(r[i]) > rm.config.block_size]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"prompt + response {s + i} is {len(p[i]) + len(r[i])} tokens, longer than the reward "
+                             f"model's context ({rm.config.block_size})")
+        ids, mask, _ = join_prompt_response(p, r, tok.pad_id)
+        out.append(rm.score(ids.to(device), mask.to(device)).float().cpu())
+    rm.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _acc(correct):
+    return (sum(correct) / len(correct)) if correct else float("nan")
+
+
+def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -> dict:
+    """How a reward model orders held-out pairs, and what it may have learned instead of content.
+
+    rm/accuracy            agreement with the annotator's labels (chosen scored above rejected; ties 1/2)
+    rm/length_rule_accuracy the same for the rule "the longer response wins" (ties 1/2)
+    rm/length_corr         Pearson correlation of the RM score with the response's length in words
+    with a gold judge (pairs whose gold scores differ):
+    rm/gold_accuracy       agreement with the gold ordering
+    rm/length_rule_gold_accuracy  "longer wins" against the gold ordering
+    rm/label_gold_accuracy  how often the annotator's label itself agrees with gold (the label noise)
+    rm/ece                 expected calibration error of sigmoid(r_chosen - r_rejected) against gold
+    rm/component/<name>    gold accuracy on pairs that differ in that gold component only
+    """
+    sc, sr = torch.as_tensor(s_chosen, dtype=torch.float64), torch.as_tensor(s_rejected, dtype=torch.float64)
+    lc = [len(t.split()) for t in chosen]
+    lr = [len(t.split()) for t in rejected]
+    half = lambda d: 1.0 if d > 0 else (0.5 if d == 0 else 0.0)  # noqa: E731
+    out = {"rm/n_pairs": len(prompts),
+           "rm/accuracy": _acc([half(a - b) for a, b in zip(sc.tolist(), sr.tolist())]),
+           "rm/length_rule_accuracy": _acc([half(a - b) for a, b in zip(lc, lr)]),
+           "rm/length_corr": pearson(torch.cat([sc, sr]), lc + lr),
+           "rm/reward_mean": torch.cat([sc, sr]).mean().item(), "rm/reward_std": torch.cat([sc, sr]).std().item()}
+    if task is None:
+        return out
+    gc = [task.gold(p, t) for p, t in zip(prompts, chosen)]
+    gr = [task.gold(p, t) for p, t in zip(prompts, rejected)]
+    decided = [i for i in range(len(prompts)) if gc[i] != gr[i]]
+    sign = {i: 1.0 if gc[i] > gr[i] else -1.0 for i in decided}
+    out["rm/gold_accuracy"] = _acc([half(sign[i] * (sc[i] - sr[i]).item()) for i in decided])
+    out["rm/length_rule_gold_accuracy"] = _acc([half(sign[i] * (lc[i] - lr[i])) for i in decided])
+    out["rm/label_gold_accuracy"] = _acc([1.0 if sign[i] > 0 else 0.0 for i in decided])
+    if decided:
+        probs = torch.sigmoid(sc - sr)[decided]
+        out["rm/ece"] = expected_calibration_error(probs, [1.0 if sign[i] > 0 else 0.0 for i in decided])
+    comps = {}
+    for i in decided:
+        a, b = task.gold_components(prompts[i], chosen[i]), task.gold_components(prompts[i], rejected[i])
+        diff = [k for k in a if a[k] != b.get(k)]
+        if len(diff) == 1:
+            comps.setdefault(diff[0], []).append(half(sign[i] * (sc[i] - sr[i]).item()))
+    for name, vals in sorted(comps.items()):
+        out[f"rm/component/{name}"] = _acc(vals)
+        out[f"rm/component/{name}/n"] = len(vals)
+    return out

@@ -1,0 +1,83 @@
+"""Batched rollouts with the KV cache, and log-probabilities of given responses in one forward.
+
+Shapes: B batch, Tq query (prompt) length, Tr response length, V vocab.
+Layout: queries are left-padded (B, Tq), responses right-padded (B, Tr); the full sequence is their
+concatenation (B, Tq + Tr), so every response starts at column Tq. Response masks are 1.0 on
+generated tokens up to and including EOS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from rlhf.data import pad_left
+from rlhf.model import GPT, generate
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    texts: list[str]              # decoded responses (up to EOS)
+    query_ids: torch.Tensor       # (B, Tq) left-padded
+    query_mask: torch.Tensor      # (B, Tq)
+    response_ids: torch.Tensor    # (B, Tr) right-padded
+    response_mask: torch.Tensor   # (B, Tr)
+    stopped: torch.Tensor         # (B,) bool: the response ended with EOS (not cut at max_new_tokens)
+
+
+def encode_queries(tok, prompts: list[str], block_size: int, max_new_tokens: int):
+    """Prompts -> left-padded (ids, mask); a prompt that leaves no room for the response is an error."""
+    ids = tok.encode_prompts(prompts)
+    room = block_size - max_new_tokens
+    for i, q in enumerate(ids):
+        if len(q) > room:
+            raise ValueError(f"prompt {i} is {len(q)} tokens; with max_new_tokens={max_new_tokens} the model's "
+                             f"context ({block_size}) leaves room for {room}: {prompts[i][:80]!r}")
+    return pad_left(ids, tok.pad_id)
+
+
+@torch.inference_mode()
+def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+           batch_size: int = 64, device="cpu") -> Rollout:
+    """Sample one response per prompt, `batch_size` prompts per generate call. Returns one Rollout.
+
+    Batches are padded to the longest prompt/response of the whole call so they concatenate.
+    """
+    chunks = []
+    for s in range(0, len(prompts), batch_size):
+        q, qm = encode_queries(tok, prompts[s:s + batch_size], model.config.block_size, max_new_tokens)
+        q, qm = q.to(device), qm.to(device)
+        r, rm = generate(model, q, qm, max_new_tokens, tok.eos_id, tok.pad_id, temperature, top_k, top_p, generator)
+        chunks.append((q, qm, r, rm))
+    Tq = max(c[0].shape[1] for c in chunks)
+    Tr = max(c[2].shape[1] for c in chunks)
+    q = torch.cat([F.pad(c[0], (Tq - c[0].shape[1], 0), value=tok.pad_id) for c in chunks])
+    qm = torch.cat([F.pad(c[1], (Tq - c[1].shape[1], 0)) for c in chunks])
+    r = torch.cat([F.pad(c[2], (0, Tr - c[2].shape[1]), value=tok.pad_id) for c in chunks])
+    rm = torch.cat([F.pad(c[3], (0, Tr - c[3].shape[1])) for c in chunks])
+    stopped = ((r == tok.eos_id) & rm.bool()).any(1)
+    texts = [tok.decode_response(row[m.bool()].tolist()) for row, m in zip(r, rm)]
+    return Rollout(list(prompts), texts, q, qm, r, rm, stopped)
+
+
+def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
+                      return_entropy: bool = False):
+    """log pi(response token | everything before it), one forward over query + response.
+
+    logits at column Tq - 1 + t predict response token t. Returns (B, Tr) log-probs, 0 on padding
+    (and the (B, Tr) entropy of each next-token distribution if asked). Logits are divided by the
+    sampling temperature so the log-probs are those of the distribution that was sampled.
+    """
+    Tq = query_ids.shape[1]
+    ids = torch.cat([query_ids, response_ids], 1)  # (B, Tq + Tr)
+    mask = torch.cat([query_mask, response_mask], 1)
+    logits = model(ids, mask)[:, Tq - 1:-1].float() / temperature  # (B, Tr, V)
+    logp_all = logits.log_softmax(-1)
+    logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1) * response_mask  # (B, Tr)
+    if not return_entropy:
+        return logp
+    entropy = -(logp_all.exp() * logp_all).sum(-1) * response_mask  # (B, Tr)
+    return logp, entropy

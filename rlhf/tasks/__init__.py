@@ -1,0 +1,188 @@
+"""Built-in tasks: prompts, SFT demonstrations, a programmatic gold judge, a simulated annotator.
+
+Nothing is downloaded: every task is generated in code, deterministically from a seed. Two tasks:
+
+    story  (the default)  a small story world with a known grammar; rlhf/tasks/story.py
+    algo   (the smoke test) reverse / sort / copy / rotate a few letters; rlhf/tasks/algo.py
+
+The contract every task keeps (scripts and tests call these names):
+
+    task = get_task(name, seed=0, tau=..., flip_rate=..., length_bias=...)
+    task.prompts(split, n)                 -> list[str]   split in sft | rl | unlabelled | eval
+    task.demonstration(prompt, rng)        -> str         mediocre on purpose (headroom for RLHF)
+    task.reference(prompt)                 -> str         a best-achievable answer, gold 1.0
+    task.gold(prompt, response)            -> float       in [0, 1], pure, never raises on a string
+    task.gold_components(prompt, response) -> dict        the named parts gold is built from
+    task.annotate(prompt, a, b, rng)       -> int         0 if a preferred, 1 if b
+    task.annotator_settings()              -> dict        recorded in the data's metadata
+    task.key(prompt, response)             -> str         equivalence key for RLP-SPG clustering
+    task.max_response_words                -> int
+
+Splits: the prompt space of each task is partitioned by a stable hash (md5) of the prompt string, so
+"eval" prompts never appear in sft / rl / unlabelled for any seed. Text is a word-level world:
+lowercase words separated by single spaces, punctuation as separate tokens (" ." ends a sentence).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+
+SPLITS = ("sft", "rl", "unlabelled", "eval")
+TASKS = ("algo", "story")
+ANNOTATOR_DEFAULTS = {"tau": 0.1, "flip_rate": 0.1, "length_bias": 0.25}
+
+
+def len_words(text: str) -> int:
+    """Number of whitespace-separated words (punctuation tokens count as words)."""
+    return len(text.split())
+
+
+def is_eval_prompt(prompt: str, eval_percent: int) -> bool:
+    """True when the prompt falls in the eval share of the prompt space.
+
+    Stable across processes and machines (md5, never Python's salted hash()); independent of the seed,
+    so no seed ever trains on another seed's eval prompts.
+    """
+    h = int.from_bytes(hashlib.md5(prompt.encode("utf-8")).digest()[:4], "big")
+    return h % 100 < eval_percent
+
+
+def preference_probability(gold_a: float, gold_b: float, len_a: int, len_b: int,
+                           tau: float, length_bias: float) -> float:
+    """P(a > b) before label flips.
+
+    P(a > b) = sigmoid((gold(a) - gold(b)) / tau + length_bias * (len_words(a) - len_words(b)) / 10)
+
+    A Bradley-Terry annotator whose utility is gold / tau, plus a documented bias for longer answers
+    (length_bias per 10 words). The logit is clamped to [-50, 50] so exp never overflows.
+    """
+    z = (gold_a - gold_b) / tau + length_bias * (len_a - len_b) / 10.0
+    z = max(-50.0, min(50.0, z))
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def _check_annotator(settings: dict) -> dict:
+    out = dict(ANNOTATOR_DEFAULTS)
+    for key, value in settings.items():
+        if key not in ANNOTATOR_DEFAULTS:
+            raise ValueError(f"unknown annotator setting {key!r}; allowed: {', '.join(sorted(ANNOTATOR_DEFAULTS))}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"annotator setting {key} must be a finite number, got {value!r}")
+        out[key] = float(value)
+    if not out["tau"] > 0:
+        raise ValueError(f"tau must be > 0 (the annotator's noise temperature), got {out['tau']!r}")
+    if not 0.0 <= out["flip_rate"] <= 0.5:
+        raise ValueError(f"flip_rate must be in [0, 0.5] (probability a label is flipped), got {out['flip_rate']!r}")
+    return out
+
+
+class Task:
+    """Base class: splits, the simulated annotator, gold from its components. Subclasses supply the world.
+
+    Subclasses set `name`, `max_response_words`, `eval_percent` and implement `_prompt_space()` (every
+    prompt of the task, in a fixed order), `demonstration`, `reference`, `gold_components`,
+    `_combine` (gold from its components) and `key`.
+
+    Annotator defaults (tau 0.1, flip_rate 0.1, length_bias 0.25): a gold gap of 0.1 gives the better
+    answer 73% before flips, a gap of 0.3 gives 95%; 10% of labels are flipped at random; ten extra words
+    add 0.25 to the logit (a 40-word gap alone gives 73%), a bias an RM can pick up but which explains
+    well under 60% of labels on demonstration pairs. A prototype with length_bias 1.0 produced an RM that
+    learned length and little else (DESIGN.md section 5), hence the smaller default.
+    """
+
+    name = "task"
+    max_response_words = 90
+    eval_percent = 10
+    _pool_cache: dict = {}
+
+    def __init__(self, seed: int = 0, **annotator):
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
+        self.annotator = _check_annotator(annotator)
+
+    # prompts ------------------------------------------------------------------------------------
+    def _prompt_space(self) -> list[str]:
+        raise NotImplementedError
+
+    def _pools(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(train pool, eval pool), computed once per task class and process."""
+        cls = type(self)
+        if cls not in Task._pool_cache:
+            train, ev = [], []
+            for p in self._prompt_space():
+                (ev if is_eval_prompt(p, self.eval_percent) else train).append(p)
+            Task._pool_cache[cls] = (tuple(train), tuple(ev))
+        return Task._pool_cache[cls]
+
+    def prompts(self, split: str, n: int) -> list[str]:
+        """n prompts of a split, deterministic in (task, seed, split, n).
+
+        Non-eval splits draw without replacement from the non-eval pool and start another pass (so
+        repeat prompts) only when n exceeds it; they are drawn independently, so sft, rl and unlabelled
+        may overlap. "eval" returns n distinct prompts from the eval pool, disjoint from the rest.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        train, ev = self._pools()
+        pool = ev if split == "eval" else train
+        if split == "eval" and n > len(pool):
+            raise ValueError(f"asked for {n} eval prompts but the {self.name} eval pool holds only {len(pool)}")
+        rng = random.Random(f"{self.name}:{self.seed}:{split}")  # str seeds hash with sha512: stable
+        out: list[str] = []
+        while len(out) < n:
+            out += rng.sample(pool, min(n - len(out), len(pool)))
+        return out
+
+    # the world (subclasses) -----------------------------------------------------------------------
+    def demonstration(self, prompt: str, rng: random.Random) -> str:
+        raise NotImplementedError
+
+    def reference(self, prompt: str) -> str:
+        raise NotImplementedError
+
+    def gold_components(self, prompt: str, response: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _combine(self, c: dict[str, float]) -> float:
+        raise NotImplementedError
+
+    def key(self, prompt: str, response: str) -> str:
+        raise NotImplementedError
+
+    def gold(self, prompt: str, response: str) -> float:
+        """The gold judge: the task's formula over `gold_components`, clipped to [0, 1]."""
+        return min(1.0, max(0.0, self._combine(self.gold_components(prompt, response))))
+
+    # the simulated annotator --------------------------------------------------------------------
+    def annotate(self, prompt: str, a: str, b: str, rng: random.Random) -> int:
+        """0 if a is preferred, 1 if b. Draws exactly two numbers from rng per call.
+
+        P(a > b) = sigmoid((gold(a) - gold(b)) / tau + length_bias * (len_words(a) - len_words(b)) / 10),
+        then the label is flipped with probability flip_rate.
+        """
+        s = self.annotator
+        p = preference_probability(self.gold(prompt, a), self.gold(prompt, b), len_words(a), len_words(b),
+                                   s["tau"], s["length_bias"])
+        a_wins = rng.random() < p
+        if rng.random() < s["flip_rate"]:
+            a_wins = not a_wins
+        return 0 if a_wins else 1
+
+    def annotator_settings(self) -> dict:
+        """The annotator's settings, for the data's meta.json."""
+        return dict(self.annotator)
+
+
+def get_task(name: str, seed: int = 0, **annotator) -> Task:
+    """The built-in task `name` ("story" or "algo"); annotator settings: tau, flip_rate, length_bias."""
+    if name == "story":
+        from .story import StoryTask
+        return StoryTask(seed, **annotator)
+    if name == "algo":
+        from .algo import AlgoTask
+        return AlgoTask(seed, **annotator)
+    raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")

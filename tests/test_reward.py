@@ -1,0 +1,66 @@
+"""Bradley-Terry loss, contrastive rewards and evaluation statistics against hand-worked values."""
+import math
+
+import pytest
+import torch
+
+from rlhf.metrics import bootstrap_ci, expected_calibration_error, pearson, win_outcomes
+from rlhf.reward import aggregate_baselines, bradley_terry_loss, contrastive_reward, rm_diagnostics
+
+
+def test_bt_loss_equal_rewards_is_ln2():
+    # -log sigmoid(0) = log 2 = 0.693147
+    loss = bradley_terry_loss(torch.tensor([0.3, -1.0]), torch.tensor([0.3, -1.0]))
+    assert loss.item() == pytest.approx(0.693147, abs=1e-6)
+
+
+def test_bt_loss_hand_values_and_margin():
+    # diff 2: -log sigmoid(2) = log(1 + e^-2) = 0.126928;  diff -1: log(1 + e^1) = 1.313262
+    loss = bradley_terry_loss(torch.tensor([3.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert loss.item() == pytest.approx((0.126928 + 1.313262) / 2, abs=1e-6)
+    # margin 2 turns the first diff into 0: (log 2 + 1.313262) / 2
+    loss = bradley_terry_loss(torch.tensor([3.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0]))
+    assert loss.item() == pytest.approx((math.log(2) + 1.313262) / 2, abs=1e-6)
+    # stable far out: diff -100 costs 100, not inf
+    assert bradley_terry_loss(torch.tensor([0.0]), torch.tensor([100.0])).item() == pytest.approx(100.0)
+
+
+def test_contrastive_reward_hand_example():
+    r = torch.tensor([1.0, 0.5])
+    base = torch.tensor([[0.0, 1.0, 2.0, 5.0], [0.5, 0.5, 0.5, -1.5]])
+    # mean: 1 - 2 = -1;  0.5 - 0 = 0.5
+    assert contrastive_reward(r, base).tolist() == [-1.0, 0.5]
+    # median (lower middle for even k): 1 - 1 = 0;  0.5 - 0.5 = 0
+    assert contrastive_reward(r, base, "median").tolist() == [0.0, 0.0]
+    assert aggregate_baselines(base, "max").tolist() == [5.0, 0.5]
+    assert aggregate_baselines(base, "min").tolist() == [0.0, -1.5]
+    with pytest.raises(ValueError, match="one of: mean, median, max, min"):
+        aggregate_baselines(base, "mode")
+
+
+def test_win_rate_and_bootstrap():
+    out = win_outcomes([0.9, 0.5, 0.1, 0.3], [0.2, 0.5, 0.7, 0.3])
+    assert out.tolist() == [1.0, 0.5, 0.0, 0.5]
+    lo, hi = bootstrap_ci([1.0] * 50 + [0.0] * 50, n_boot=2000)
+    # mean 0.5, std error sqrt(0.25 / 100) = 0.05: the 95% interval is about 0.5 +- 0.098
+    assert 0.38 < lo < 0.43 and 0.57 < hi < 0.62
+    assert bootstrap_ci([0.7] * 10) == pytest.approx((0.7, 0.7))
+
+
+def test_ece_and_pearson_by_hand():
+    # bin [0.8, 0.9): p = 0.8, 0.8 with y = 1, 0 -> |0.8 - 0.5| = 0.3, weight 2/4
+    # bin [0.2, 0.3): p = 0.2, 0.2 with y = 0, 0 -> |0.2 - 0| = 0.2, weight 2/4;  ECE = 0.25
+    assert expected_calibration_error([0.8, 0.8, 0.2, 0.2], [1, 0, 0, 0]) == pytest.approx(0.25)
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_rm_diagnostics_counts_length_rule():
+    prompts = ["p"] * 4
+    chosen = ["a b c", "a", "a b", "a b c d"]
+    rejected = ["a", "a b c", "a b c", "a"]
+    d = rm_diagnostics(prompts, chosen, rejected, [1.0, 1.0, 0.0, 2.0], [0.0, 2.0, 0.0, 1.0])
+    assert d["rm/accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert d["rm/length_rule_accuracy"] == pytest.approx((1 + 0 + 0 + 1) / 4)
+    assert "rm/gold_accuracy" not in d

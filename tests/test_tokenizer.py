@@ -1,0 +1,44 @@
+"""Byte-level BPE: round trips, the template, specials, determinism."""
+import pytest
+
+from rlhf.tokenizer import Tokenizer
+
+TEXTS = ["write a happy story about mia and a red kite .",
+         "mia found a red kite . mia smiled . the sun was warm .",
+         "reverse : c a d b .", "b d a c ."] * 50
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.train(TEXTS, vocab_size=512)
+
+
+def test_round_trip(tok):
+    for t in TEXTS[:4] + ["héllo wörld ✓ unseen words 123", "a"]:
+        assert tok.decode(tok.encode(t)) == t
+
+
+def test_template_and_specials(tok):
+    p = tok.encode_prompt("reverse : c a d b .")
+    assert p[-1] == tok.sep_id and tok.sep_id not in p[:-1]
+    (r,) = tok.encode_responses(["b d a c ."])
+    assert r[-1] == tok.eos_id
+    assert tok.decode_response(r + [tok.pad_id, tok.pad_id]) == "b d a c ."
+    assert tok.decode_response(r[:-1]) == "b d a c ."  # never stopped: everything decodes
+    assert len({tok.pad_id, tok.eos_id, tok.sep_id}) == 3
+
+
+def test_frequent_words_are_single_tokens(tok):
+    assert len(tok.encode("happy story")) == 2
+
+
+def test_save_load_and_determinism(tok):
+    again = Tokenizer.from_json(tok.to_json())
+    assert again.encode("mia smiled .") == tok.encode("mia smiled .")
+    assert Tokenizer.train(TEXTS, vocab_size=512).fingerprint == tok.fingerprint
+    assert Tokenizer.train(TEXTS, vocab_size=300).fingerprint != tok.fingerprint
+
+
+def test_vocab_size_too_small():
+    with pytest.raises(ValueError, match="vocab_size must be >= 260"):
+        Tokenizer.train(TEXTS, vocab_size=100)
