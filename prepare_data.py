@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlhf import tasks
-from rlhf.config import parse_args, print_config, config_to_dict
+from rlhf.config import config_to_dict, parse_args, print_config, run_cli
 from rlhf.data import write_json, write_jsonl
 
 
@@ -102,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

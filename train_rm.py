@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
-from rlhf.config import MetricsWriter, config_to_dict, parse_args, prepare_run_dir, print_config, seed_everything
+from rlhf.config import MetricsWriter, config_to_dict, parse_args, prepare_run_dir, print_config, run_cli, seed_everything
 from rlhf.data import read_json, read_jsonl, write_json
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
@@ -189,4 +189,4 @@ def format_diagnostics(d: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

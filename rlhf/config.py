@@ -266,3 +266,18 @@ def read_metrics(path) -> list[dict]:
         if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
             raise DataError(f"{path}: row {i + 1} has no integer 'step'")
     return rows
+
+
+def run_cli(main) -> None:
+    """Run a script's main(): a bad input (the project's errors are all ValueErrors: DataError,
+    CheckpointError, RunDirError, a task's or a model's refusal) ends with one line "error: ..." and exit
+    status 1 instead of a traceback; Ctrl-C says where to resume. RLHF_DEBUG=1 shows the traceback."""
+    import sys
+    try:
+        main()
+    except ValueError as e:
+        if os.environ.get("RLHF_DEBUG"):
+            raise
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished checkpoints and files are intact; rerun with --resume to continue")
