@@ -61,8 +61,8 @@ class Args:
 
 
 PRESETS = {
-    "smoke": dict(vocab_size=320, n_layer=2, n_head=2, n_embd=64, block_size=64, steps=300, batch_size=32,
-                  lr=3e-3, warmup_steps=10, ckpt_every=100, log_every=50, n_eval=32, max_new_tokens=16),
+    "smoke": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, steps=300, batch_size=32, lr=3e-3,
+                  warmup_steps=10, ckpt_every=100, log_every=50, n_eval=32, max_new_tokens=64),
     "tiny": dict(),  # the dataclass defaults: 4 layers, 256 wide, ~340 steps of 64 sequences
 }
 

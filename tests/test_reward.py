@@ -64,3 +64,18 @@ def test_rm_diagnostics_counts_length_rule():
     assert d["rm/accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     assert d["rm/length_rule_accuracy"] == pytest.approx((1 + 0 + 0 + 1) / 4)
     assert "rm/gold_accuracy" not in d
+
+
+def test_score_texts_batched_equals_one_by_one():
+    """Batching pads rows to the longest; the score of each row must not move."""
+    from rlhf.model import GPTConfig, ScalarModel
+    from rlhf.reward import score_texts
+    from rlhf.tokenizer import Tokenizer
+    texts = ["a b c d e f g .", "a .", "b c d .", "reverse : a b c ."]
+    tok = Tokenizer.train(texts * 10, vocab_size=300)
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32))
+    prompts, responses = ["reverse : a b c ."] * 3 + ["copy : a ."], ["c b a .", "a", "c b a c b a c b a .", "a ."]
+    batched = score_texts(rm, tok, prompts, responses, batch_size=4)
+    single = torch.cat([score_texts(rm, tok, [p], [r]) for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
