@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
-from rlhf.config import MetricsWriter, config_to_dict, parse_args, prepare_run_dir, print_config, run_cli, seed_everything
+from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
@@ -64,14 +64,8 @@ PRESETS = {"smoke": dict(batch_size=16, warmup_steps=5, eval_every=50, ckpt_ever
 def main(argv=None):
     # 1. arguments, run directory, seeding
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
-    print_config(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out, resuming = start_run(args)
     ckpt = out / "ckpt"
-    resuming = args.resume and (ckpt.exists() or Path(f"{ckpt}.old").exists())
-    prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
-    seed_everything(args.seed)
 
     # 2. data: pairs (identical chosen/rejected skipped, counted), a seeded held-out split
     data = Path(args.data)

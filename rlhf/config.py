@@ -281,3 +281,18 @@ def run_cli(main) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: finished checkpoints and files are intact; rerun with --resume to continue")
+
+
+def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
+    """The opening every training script shares: print the config, set CPU threads (args.threads > 0),
+    prepare the run directory (args.out, args.resume, args.overwrite), seed everything (args.seed).
+    Returns (run directory, True when --resume finds a checkpoint `ckpt_name` in it to continue from)."""
+    print_config(args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt = out / ckpt_name
+    resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
+    prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
+    seed_everything(args.seed)
+    return out, resuming
