@@ -170,7 +170,7 @@ def main(argv=None):
             report.update({"gold/score": sum(gold) / len(gold), "gold/demonstration": sum(demo) / len(demo),
                            "gold/reference": sum(ref) / len(ref)})
             samples = [{**s, "rewards": [g]} for s, g in zip(samples, gold)]
-        write_jsonl(out / "samples.jsonl", samples, kind="samples")
+        write_jsonl(out / "samples.jsonl", samples, kind="samples" if task is not None else None)  # no gold: no rewards
         for s in samples[:3]:
             print(f"  prompt: {s['prompt']}\n  response: {s['responses'][0]}\n  gold: {s['rewards'] or 'n/a'}")
     metrics.log(args.steps, report)

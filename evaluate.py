@@ -1,0 +1,131 @@
+"""Evaluate a policy against a reference policy (DESIGN.md §6): gold win rate, gold and proxy scores, KL, length.
+
+Usage:
+    python evaluate.py --policy runs/ppo/ckpt --reference runs/sft/ckpt --rm runs/rm/ckpt --data data/story --out runs/ppo/eval.json
+    python evaluate.py --policy runs/sft/ckpt --rm runs/rm/ckpt --best-of-n 16 --name best-of-16 --out runs/bon16/eval.json
+    python evaluate.py --policy runs/sft/ckpt --reference runs/sft/ckpt ...   # sanity check: win rate ~0.5, KL 0
+
+One sample per held-out prompt at temperature 0.7 (RLP's setting), from the policy and from the reference;
+the gold judge of the task in DATA/meta.json scores both; win 1, tie 0.5, loss 0, with a 95% bootstrap
+interval over prompts. KL(policy || reference) is the summed log-ratio on the policy's samples (k1, both
+models at the sampling temperature); for --best-of-n > 1 it is the analytic log n - (n-1)/n to the sampled
+policy instead. With --rm: the mean RM score (proxy) and the RM's accuracy against gold on pairs of fresh
+policy samples (how far it has drifted off the SFT distribution). Without meta.json (your own data) there is
+no gold judge and only RM-based figures are reported.
+
+Writes --out (the metrics as JSON, with this run's arguments) and beside it <out stem>.samples.jsonl
+(prompt, responses, rewards = gold or else proxy, plus ref_response, gold, proxy, kl); prints a markdown row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf import tasks
+from rlhf.checkpoint import load_model
+from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_everything
+from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+
+
+@dataclass
+class Args:
+    policy: str = field(default="runs/ppo/ckpt", metadata={"help": "policy checkpoint to evaluate"})
+    reference: str | None = field(default="runs/sft/ckpt", metadata={"help": "reference policy (win rate and KL are against it; none: skip both)"})
+    rm: str | None = field(default=None, metadata={"help": "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n"})
+    data: str = field(default="data/story", metadata={"help": "directory with prompts_eval.jsonl and meta.json (the gold judge)"})
+    prompts: str | None = field(default=None, metadata={"help": "a prompts JSONL to use instead of DATA/prompts_eval.jsonl"})
+    n_eval: int = field(default=400, metadata={"help": "evaluate the first N prompts", "min": 1})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature", "min": 0.0, "min_exclusive": True})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response (default: context minus the longest prompt, at most 96)", "min": 1})
+    best_of_n: int = field(default=1, metadata={"help": "sample N per prompt and keep the RM's favourite (needs --rm)", "min": 1})
+    seed: int = field(default=0, metadata={"help": "sampling seed (the reference uses seed + 1)"})
+    batch_size: int = field(default=64, metadata={"help": "prompts per generate / scoring call", "min": 1})
+    out: str = field(default="runs/eval.json", metadata={"help": "metrics JSON; samples go beside it as <stem>.samples.jsonl"})
+    name: str | None = field(default=None, metadata={"help": "row label in the table (default: the policy path)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+
+
+def fmt(m: dict, key: str, digits: int = 3) -> str:
+    v = m.get(key)
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def main(argv=None):
+    # 1. arguments, seeding
+    args = parse_args(Args, argv, description=__doc__.split("\n")[0])
+    print_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    name = args.name or args.policy
+
+    # 2. models: the policy, its reference and the RM must share one tokenizer
+    policy, tok, _ = load_model(args.policy, "policy")
+    toks = {"policy": tok}
+    ref = rm = None
+    if args.reference is not None:
+        ref, toks["reference"], _ = load_model(args.reference, "policy")
+    if args.rm is not None:
+        rm, toks["rm"], _ = load_model(args.rm, "rm")
+    check_same_tokenizer(toks)
+    if args.best_of_n > 1 and rm is None:
+        raise ValueError(f"--best-of-n {args.best_of_n} keeps the sample the reward model prefers: pass --rm")
+
+    # 3. prompts and the gold judge
+    data = Path(args.data)
+    prompts_path = Path(args.prompts) if args.prompts else data / "prompts_eval.jsonl"
+    rows = read_jsonl(prompts_path, "prompts")
+    prompts = [r["prompt"] for r in rows][:args.n_eval]
+    if not prompts:
+        raise ValueError(f"{prompts_path} holds no prompts")
+    if len(prompts) < args.n_eval:
+        print(f"note: {prompts_path} holds {len(prompts)} prompts (fewer than --n-eval {args.n_eval}); using all")
+    meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
+    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    if task is None:
+        print("no gold judge for this data (no meta.json): reporting RM-based figures only")
+    longest = max(len(ids) for ids in tok.encode_prompts(prompts))
+    max_new = args.max_new_tokens or min(96, policy.config.block_size - longest)
+    if max_new < 1:
+        raise ValueError(f"the longest prompt is {longest} tokens and fills the policy's context "
+                         f"({policy.config.block_size}); no room for a response")
+    print(f"{len(prompts)} prompts from {prompts_path}, up to {max_new} new tokens, temperature {args.temperature}")
+
+    # 4. evaluate: sample, score, compare with the reference
+    metrics, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=max_new,
+                                       temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+                                       best_of_n=args.best_of_n)
+
+    # 5. write the metrics and the samples
+    out = Path(args.out)
+    write_json(out, {"name": name, "args": config_to_dict(args), "max_new_tokens": max_new, **metrics})
+    samples_path = out.with_name(out.stem + ".samples.jsonl")
+    key = "gold" if task is not None else ("proxy" if rm is not None else None)
+    write_jsonl(samples_path, [{"prompt": s["prompt"], "responses": [s["response"]],
+                                "rewards": [s[key]] if key else [],
+                                **{k: v for k, v in s.items() if k not in ("prompt", "response")}} for s in samples],
+                kind="samples" if key else None)
+    for s in samples[:3]:
+        print(f"  prompt: {s['prompt']}\n  response: {s['response']}\n  "
+              + "  ".join(f"{k} {s[k]:.3f}" for k in ("gold", "proxy", "kl") if k in s))
+    print(f"wrote {out} and {samples_path}")
+
+    # 6. the table row
+    win = "n/a"
+    if "gold/win_rate" in metrics:
+        win = f"{fmt(metrics, 'gold/win_rate')} [{fmt(metrics, 'gold/win_rate_lo')}, {fmt(metrics, 'gold/win_rate_hi')}]"
+    acc = fmt(metrics, "rm/onpolicy_gold_accuracy")
+    if "rm/onpolicy_pairs" in metrics:
+        acc += f" (n={metrics['rm/onpolicy_pairs']})"
+    kl = fmt(metrics, "objective/kl") + (" (analytic)" if args.best_of_n > 1 else "")
+    print("| name | gold win rate vs reference (95% CI) | gold | proxy | KL | length | RM on-policy acc |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {name} | {win} | {fmt(metrics, 'gold/score')} | {fmt(metrics, 'proxy/score')} | {kl} | "
+          f"{fmt(metrics, 'eval/length', 1)} | {acc} |")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,204 @@
+"""Evaluation of a policy (DESIGN.md §6): gold win rate against a reference policy, gold and proxy
+scores, KL to the reference, length, and the reward model's accuracy on the policy's own samples.
+
+Used by evaluate.py (one row of the results table) and by train_ppo.py every eval_every steps (the
+over-optimisation curve: gold and proxy against KL).
+
+Shapes: B batch (prompts), P prompts, n samples per prompt (best-of-n), Tq query length, Tr response length.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from rlhf.metrics import bootstrap_ci, win_outcomes
+from rlhf.reward import score_texts
+from rlhf.sampling import Rollout, response_logprobs, sample
+
+
+def check_same_tokenizer(named: dict) -> None:
+    """Raise ValueError unless every tokenizer in {name: Tokenizer} has the same fingerprint.
+
+    A policy, its reference and its reward model read the same token ids; a different vocabulary
+    would make log-prob ratios and RM scores silently meaningless.
+    """
+    items = list(named.items())
+    if not items:
+        return
+    first, tok0 = items[0]
+    for name, tok in items[1:]:
+        if tok.fingerprint != tok0.fingerprint:
+            raise ValueError(f"tokenizer mismatch: {first} ({tok0.fingerprint}) vs {name} ({tok.fingerprint}); "
+                             "a policy, its reference and its reward model must share one tokenizer")
+
+
+@torch.no_grad()
+def sequence_kl(policy, ref, rollout: Rollout, temperature: float = 1.0):
+    """Per-sample estimate of KL(pi || pi_ref) from responses y sampled from pi:
+
+        KL_hat(x, y) = sum_t ( log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) )     (the k1 estimator,
+                                                                                          summed over the sequence)
+    Unbiased for the sequence-level KL when y ~ pi; single samples can be negative. Both models'
+    logits are divided by `temperature`, so with samples drawn at that temperature it estimates the
+    KL between the two tempered distributions (the ones actually sampled). One forward per model.
+    rollout: query (B, Tq), response (B, Tr) -> (B,)
+    """
+    assert temperature > 0, "KL needs a sampling distribution (temperature > 0)"
+    args = (rollout.query_ids, rollout.query_mask, rollout.response_ids, rollout.response_mask)
+    lp = response_logprobs(policy, *args, temperature=temperature)  # (B, Tr), 0 on padding
+    lp_ref = response_logprobs(ref, *args, temperature=temperature)  # (B, Tr)
+    return (lp - lp_ref).sum(1)  # (B,)
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(best-of-n || base policy) = log n - (n - 1) / n.
+
+    Ref: Stiennon et al. 2020 (arXiv 2009.01325) appendix; Hilton & Gao's note on the best-of-n KL
+    (exact when the n rewards have no ties; an upper bound otherwise, Beirami et al. 2024).
+    """
+    return math.log(n) - (n - 1) / n
+
+
+def _rows(roll: Rollout, idx: list[int]) -> Rollout:
+    """The rollout restricted to rows idx (padding kept: it never changes a row's log-probs)."""
+    return Rollout([roll.prompts[i] for i in idx], [roll.texts[i] for i in idx], roll.query_ids[idx],
+                   roll.query_mask[idx], roll.response_ids[idx], roll.response_mask[idx], roll.stopped[idx])
+
+
+@contextlib.contextmanager
+def _eval_mode(*models):
+    """Dropout off while evaluating; each model's train/eval mode restored afterwards (PPO calls this mid-run)."""
+    models = [m for m in models if m is not None]
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, w in zip(models, was):
+            m.train(w)
+
+
+def _mean(xs) -> float:
+    return sum(xs) / len(xs) if len(xs) else float("nan")
+
+
+def rm_pair_accuracy(rm_a, rm_b, gold_a, gold_b) -> tuple[float, int]:
+    """How often the RM orders two responses to one prompt as the gold judge does.
+
+    Pairs whose gold scores tie are left out; an RM tie counts 1/2. -> (accuracy, pairs used);
+    accuracy is NaN when no pair is decided by gold.
+    """
+    out = []
+    for ra, rb, ga, gb in zip(rm_a, rm_b, gold_a, gold_b):
+        if ga == gb:
+            continue
+        d = (ra - rb) * (1.0 if ga > gb else -1.0)
+        out.append(1.0 if d > 0 else (0.5 if d == 0 else 0.0))
+    return _mean(out), len(out)
+
+
+def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=None, max_new_tokens: int,
+                    temperature: float = 0.7, seed: int = 0, batch_size: int = 64, best_of_n: int = 1,
+                    ref_texts: list[str] | None = None, rm_pairs: bool = True) -> tuple[dict, list[dict]]:
+    """One sample per prompt (or the RM's pick of best_of_n), scored every way DESIGN.md §6 asks.
+
+    Returns (metrics, samples). Metric keys (each only when its inputs are given):
+      eval/n, eval/length (mean response tokens, EOS included), eval/stopped (share ending with EOS)
+      objective/kl   mean sequence_kl(policy, ref) on the samples; for best_of_n > 1 the analytic
+                     log n - (n-1)/n, the KL to the policy being sampled (= the reference when that
+                     policy is the reference, the usual best-of-n baseline)
+      proxy/score    mean RM score (rm)
+      gold/score     mean gold score (task)
+      gold/win_rate, gold/win_rate_lo, gold/win_rate_hi   against the reference's samples on the same
+                     prompts: win 1, tie 0.5, loss 0, 95% bootstrap over prompts (task and ref or ref_texts)
+      rm/onpolicy_gold_accuracy, rm/onpolicy_pairs   (rm, task, rm_pairs) the RM's gold-ordering accuracy on
+                     two policy samples per prompt; with best_of_n > 1 the pair is two of the n raw
+                     candidates (the RM's own pick would be scored in its favour)
+    samples: [{"prompt", "response", "gold"?, "proxy"?, "kl"?, "ref_response"?, "ref_gold"?}]; the reference
+    texts come back in "ref_response", so a caller that evaluates repeatedly samples the reference once.
+    Generators: policy seed, reference seed + 1, the second policy sample seed + 2.
+    """
+    P = len(prompts)
+    if P == 0:
+        raise ValueError("evaluate_policy needs at least one prompt")
+    if temperature <= 0:
+        raise ValueError(f"evaluation samples at a temperature > 0 (got {temperature}); KL needs a distribution")
+    if best_of_n < 1:
+        raise ValueError(f"best_of_n must be >= 1 (got {best_of_n})")
+    if best_of_n > 1 and rm is None:
+        raise ValueError(f"best_of_n={best_of_n} picks the sample with the highest reward: it needs a reward model (rm)")
+    if ref_texts is not None and len(ref_texts) != P:
+        raise ValueError(f"ref_texts has {len(ref_texts)} responses for {P} prompts")
+    dev = next(policy.parameters()).device
+    gen = lambda s: torch.Generator(device=dev).manual_seed(s)  # noqa: E731
+    kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, device=dev)
+    score = lambda ps, ts: score_texts(rm, tok, ps, ts, batch_size=batch_size, device=dev).tolist()  # noqa: E731
+    n = best_of_n
+    metrics: dict = {"eval/n": P}
+    with _eval_mode(policy, ref, rm):
+        # 1. sample the policy: n candidates per prompt, prompt-major (p0 x n, p1 x n, ...)
+        roll = sample(policy, tok, [p for p in prompts for _ in range(n)], generator=gen(seed), **kw)
+        proxy = pair = None
+        if n > 1:
+            cand = torch.tensor(score(roll.prompts, roll.texts)).view(P, n)  # (P, n)
+            pick = (torch.arange(P) * n + cand.argmax(1)).tolist()  # first maximum on ties
+            proxy = cand.amax(1).tolist()
+            if task is not None and rm_pairs:  # two raw candidates per prompt
+                pair = ([roll.texts[i * n] for i in range(P)], [roll.texts[i * n + 1] for i in range(P)],
+                        cand[:, 0].tolist(), cand[:, 1].tolist())
+            roll = _rows(roll, pick)  # (P, ...) the RM's pick per prompt
+        texts = roll.texts
+        metrics["eval/length"] = roll.response_mask.sum(1).float().mean().item()
+        metrics["eval/stopped"] = roll.stopped.float().mean().item()
+
+        # 2. KL to the reference
+        kl = None
+        if n > 1:
+            metrics["objective/kl"] = best_of_n_kl(n)
+        elif ref is not None:
+            kl = torch.cat([sequence_kl(policy, ref, _rows(roll, list(range(s, min(s + batch_size, P)))), temperature)
+                            for s in range(0, P, batch_size)]).tolist()  # (P,)
+            metrics["objective/kl"] = _mean(kl)
+
+        # 3. the reference's samples (once; callers that evaluate repeatedly pass them back in)
+        if ref_texts is None and ref is not None:
+            ref_texts = sample(ref, tok, prompts, generator=gen(seed + 1), **kw).texts
+
+        # 4. proxy: RM scores of the samples, and of a second policy sample for the on-policy RM accuracy
+        if rm is not None and n == 1:
+            second = (sample(policy, tok, prompts, generator=gen(seed + 2), **kw).texts
+                      if task is not None and rm_pairs else [])
+            scores = score(list(prompts) + list(prompts[:len(second)]), texts + second)  # one batched call
+            proxy = scores[:P]
+            if second:
+                pair = (texts, second, scores[:P], scores[P:])
+        if proxy is not None:
+            metrics["proxy/score"] = _mean(proxy)
+
+    # 5. gold: score, win rate against the reference, RM accuracy on the policy's pairs
+    gold = ref_gold = None
+    if task is not None:
+        gold = [task.gold(p, t) for p, t in zip(prompts, texts)]
+        metrics["gold/score"] = _mean(gold)
+        if ref_texts is not None:
+            ref_gold = [task.gold(p, t) for p, t in zip(prompts, ref_texts)]
+            wins = win_outcomes(gold, ref_gold)  # (P,) 1 / 0.5 / 0
+            lo, hi = bootstrap_ci(wins, seed=seed)
+            metrics.update({"gold/win_rate": wins.mean().item(), "gold/win_rate_lo": lo, "gold/win_rate_hi": hi})
+        if pair is not None:
+            a, b, ra, rb = pair
+            acc, used = rm_pair_accuracy(ra, rb, [task.gold(p, t) for p, t in zip(prompts, a)],
+                                         [task.gold(p, t) for p, t in zip(prompts, b)])
+            metrics.update({"rm/onpolicy_gold_accuracy": acc, "rm/onpolicy_pairs": used})
+
+    samples = []
+    for i, (p, t) in enumerate(zip(prompts, texts)):
+        row = {"prompt": p, "response": t}
+        for key, vals in (("gold", gold), ("proxy", proxy), ("kl", kl), ("ref_response", ref_texts), ("ref_gold", ref_gold)):
+            if vals is not None:
+                row[key] = vals[i]
+        samples.append(row)
+    return metrics, samples

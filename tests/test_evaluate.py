@@ -1,0 +1,144 @@
+"""Evaluation: tokenizer check, sequence KL, evaluate_policy's metrics, best-of-n, evaluate.py end to end."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf.checkpoint import load_model
+from rlhf.data import read_jsonl
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy, rm_pair_accuracy, sequence_kl
+from rlhf.sampling import sample
+from rlhf.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    run("prepare_data.py", "--task", "algo", "--out", str(d / "data"), "--n-sft", "3000", "--n-pairs", "3000",
+        "--n-rl", "64", "--n-unlabelled", "32", "--n-eval", "64")
+    run("train_sft.py", "--preset", "smoke", "--data", str(d / "data"), "--out", str(d / "sft"), "--n-eval", "0")
+    run("train_rm.py", "--preset", "smoke", "--data", str(d / "data"), "--sft", str(d / "sft" / "ckpt"), "--out", str(d / "rm"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def models(ckpts):
+    policy, tok, _ = load_model(ckpts / "sft" / "ckpt", "policy")
+    ref, _, _ = load_model(ckpts / "sft" / "ckpt", "policy")
+    rm, _, _ = load_model(ckpts / "rm" / "ckpt", "rm")
+    prompts = [r["prompt"] for r in read_jsonl(ckpts / "data" / "prompts_eval.jsonl", "prompts")]
+    return policy, ref, rm, tok, prompts, get_task("algo", seed=0)
+
+
+class _Tok:
+    def __init__(self, fp):
+        self.fingerprint = fp
+
+
+def test_check_same_tokenizer_mismatch_message():
+    check_same_tokenizer({"policy": _Tok("abc123"), "reference": _Tok("abc123"), "rm": _Tok("abc123")})
+    with pytest.raises(ValueError) as e:
+        check_same_tokenizer({"policy": _Tok("abc123"), "rm": _Tok("def456")})
+    assert str(e.value) == ("tokenizer mismatch: policy (abc123) vs rm (def456); a policy, its reference and "
+                            "its reward model must share one tokenizer")
+
+
+def test_sequence_kl_of_a_model_against_itself_is_zero(models):
+    policy, ref, _, tok, prompts, _ = models
+    policy.eval()
+    roll = sample(policy, tok, prompts[:16], 16, temperature=0.7, generator=torch.Generator().manual_seed(0))
+    kl = sequence_kl(policy, ref, roll, temperature=0.7)  # same weights in two modules: log-ratio 0 token by token
+    assert kl.shape == (16,) and kl.abs().max().item() < 1e-6
+    # against a perturbed copy the estimate moves; the sign of one sample's k1 estimate may be either
+    with torch.no_grad():
+        ref.wte.weight.add_(0.05 * torch.randn_like(ref.wte.weight, generator=torch.Generator().manual_seed(1)))
+    try:
+        assert sequence_kl(policy, ref, roll, temperature=0.7).abs().max().item() > 1e-3
+    finally:
+        ref.load_state_dict(policy.state_dict())
+
+
+def test_rm_pair_accuracy_by_hand():
+    # pairs: gold a>b and RM a>b (1); gold a<b, RM a>b (0); gold tie (left out); gold a>b, RM tie (1/2)
+    acc, n = rm_pair_accuracy([2.0, 1.0, 5.0, 3.0], [1.0, 0.0, 0.0, 3.0], [1.0, 0.0, 0.5, 1.0], [0.0, 1.0, 0.5, 0.0])
+    assert n == 3 and acc == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_evaluate_policy_against_itself(models):
+    policy, ref, rm, tok, prompts, task = models
+    m, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=24)
+    keys = ["eval/n", "eval/length", "eval/stopped", "objective/kl", "proxy/score", "gold/score", "gold/win_rate",
+            "gold/win_rate_lo", "gold/win_rate_hi", "rm/onpolicy_gold_accuracy", "rm/onpolicy_pairs"]
+    assert set(keys) <= set(m), set(keys) - set(m)
+    assert all(math.isfinite(m[k]) for k in keys), m
+    assert m["eval/n"] == len(prompts) == len(samples) and m["rm/onpolicy_pairs"] > 0
+    assert 0 <= m["gold/win_rate_lo"] <= m["gold/win_rate"] <= m["gold/win_rate_hi"] <= 1
+    # the same weights sampled with different seeds: no KL, and a win rate that is a coin flip
+    assert abs(m["objective/kl"]) < 1e-6
+    assert m["gold/win_rate_lo"] <= 0.5 <= m["gold/win_rate_hi"], m
+    assert sum(s["response"] != s["ref_response"] for s in samples) > len(samples) // 4  # different samples
+    assert set(samples[0]) == {"prompt", "response", "gold", "proxy", "kl", "ref_response", "ref_gold"}
+
+    # passing the reference texts back gives the same figures without sampling the reference again
+    ref_texts = [s["ref_response"] for s in samples]
+    m2, _ = evaluate_policy(policy, tok, prompts, task=task, rm=rm, max_new_tokens=24, ref_texts=ref_texts, rm_pairs=False)
+    assert m2["gold/win_rate"] == m["gold/win_rate"] and "objective/kl" not in m2
+    assert "rm/onpolicy_gold_accuracy" not in m2
+
+    # without a task: no gold keys at all
+    m3, s3 = evaluate_policy(policy, tok, prompts[:8], rm=rm, max_new_tokens=24)
+    assert not any(k.startswith("gold/") or k.startswith("rm/") for k in m3) and "proxy/score" in m3
+    assert "gold" not in s3[0]
+
+
+def test_evaluate_policy_restores_train_mode(models):
+    policy, _, _, tok, prompts, _ = models
+    policy.train()
+    evaluate_policy(policy, tok, prompts[:4], max_new_tokens=8)
+    assert policy.training
+    policy.eval()
+
+
+def test_best_of_n(models):
+    policy, ref, rm, tok, prompts, task = models
+    m, samples = evaluate_policy(policy, tok, prompts[:32], task=task, ref=ref, rm=rm, max_new_tokens=24, best_of_n=4)
+    # analytic best-of-n KL: log 4 - 3/4 = 1.386294 - 0.75 = 0.636294
+    assert m["objective/kl"] == pytest.approx(0.636294, abs=1e-6)
+    assert "gold/win_rate" in m and "rm/onpolicy_gold_accuracy" in m
+    # the kept sample is the RM's favourite of 4, so it scores at least the plain sample's mean on average
+    m1, _ = evaluate_policy(policy, tok, prompts[:32], rm=rm, max_new_tokens=24)
+    assert m["proxy/score"] >= m1["proxy/score"] - 1e-6
+    with pytest.raises(ValueError, match="reward model"):
+        evaluate_policy(policy, tok, prompts[:4], task=task, max_new_tokens=8, best_of_n=4)
+
+
+def test_evaluate_script_end_to_end(ckpts):
+    sft, rm = str(ckpts / "sft" / "ckpt"), str(ckpts / "rm" / "ckpt")
+    out = ckpts / "ev" / "eval.json"
+    p = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", rm, "--data", str(ckpts / "data"),
+            "--n-eval", "48", "--max-new-tokens", "24", "--out", str(out), "--name", "sft-vs-sft")
+    report = json.loads(out.read_text())
+    assert 0 <= report["gold/win_rate"] <= 1 and report["eval/n"] == 48 and report["name"] == "sft-vs-sft"
+    samples = read_jsonl(ckpts / "ev" / "eval.samples.jsonl", "samples")
+    assert len(samples) == 48 and "ref_response" in samples[0]
+    assert "| name | gold win rate vs reference (95% CI) |" in p.stdout
+    assert "| sft-vs-sft | " in p.stdout
+
+    # a policy where the RM belongs: the checkpoint's own message, exit 1, no traceback
+    bad = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", sft, "--data", str(ckpts / "data"),
+              "--n-eval", "4", "--out", str(ckpts / "ev" / "bad.json"), check=False)
+    assert bad.returncode != 0 and "expected 'rm'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (ckpts / "ev" / "bad.json").exists()

@@ -1,0 +1,259 @@
+"""PPO from the SFT policy against a reward model (or the gold judge), with a KL penalty to the SFT reference.
+
+Usage:
+    python train_ppo.py --preset tiny --data data/story --sft runs/sft/ckpt --rm runs/rm/ckpt --out runs/ppo
+    python train_ppo.py --preset tiny --data data/story --sft runs/sft/ckpt --reward gold --out runs/ppo_gold   # oracle control
+    python train_ppo.py ... --resume
+
+Each iteration: 1. sample responses, 2. score them, 3. log-probs of policy and reference and values,
+4. KL-shaped rewards and GAE, 5. PPO epochs over minibatches, 6. log (and every --eval-every
+iterations: gold score, proxy score and KL on held-out prompts: the over-optimisation curve).
+The policy and the value model are separate networks; the value model starts from the RM
+(`--value-init rm`) or from the SFT trunk with a fresh head (`--value-init sft`, forced by --reward gold).
+
+Departures from the papers (see README): the reward is read once at EOS; a response that never
+emits EOS gets --missing-eos-penalty as its score when set (AlpacaFarm's fixed negative reward).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rlhf import tasks
+from rlhf.checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
+from rlhf.data import read_json, read_jsonl
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+from rlhf.model import ScalarModel
+from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_mean, masked_var, policy_loss, shaped_rewards, value_loss, whiten
+from rlhf.reward import score_texts
+from rlhf.sampling import response_logprobs, sample
+
+
+@dataclass
+class Args:
+    data: str = field(default="data/story", metadata={"help": "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)"})
+    sft: str = field(default="runs/sft/ckpt", metadata={"help": "SFT checkpoint: the initial policy and the frozen reference"})
+    rm: str | None = field(default="runs/rm/ckpt", metadata={"help": "reward model checkpoint (unused with --reward gold)"})
+    reward: str = field(default="rm", metadata={"help": "what PPO maximises: the RM score, or the gold judge (oracle control)", "choices": ["rm", "gold"]})
+    out: str = field(default="runs/ppo", metadata={"help": "run directory"})
+    preset: str = field(default="tiny", metadata={"help": "preset; explicit flags override it"})
+    seed: int = field(default=0, metadata={"help": "fixes prompts order, sampling and minibatches"})
+    steps: int = field(default=100, metadata={"help": "PPO iterations", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "rollouts per iteration", "min": 2})
+    minibatches: int = field(default=2, metadata={"help": "minibatches per PPO epoch (must divide batch_size)", "min": 1})
+    ppo_epochs: int = field(default=2, metadata={"help": "passes over each batch of rollouts", "min": 1})
+    lr: float = field(default=3e-5, metadata={"help": "policy learning rate", "min": 0.0, "min_exclusive": True})
+    vf_lr: float = field(default=1e-4, metadata={"help": "value model learning rate", "min": 0.0, "min_exclusive": True})
+    lr_schedule: str = field(default="constant", metadata={"help": "learning-rate schedule", "choices": ["constant", "linear", "cosine"]})
+    kl_coef: float = field(default=0.05, metadata={"help": "initial KL penalty coefficient beta", "min": 0.0})
+    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator in the reward", "choices": ["k1", "k2", "k3", "abs"]})
+    clamp_kl: bool = field(default=False, metadata={"help": "clamp the per-token KL at 0 from below (AlpacaFarm)"})
+    kl_target: float | None = field(default=None, metadata={"help": "adaptive KL: target KL in nats per sequence (None: fixed kl_coef)", "min": 0.0, "min_exclusive": True})
+    kl_horizon: int = field(default=10000, metadata={"help": "adaptive KL horizon in rollouts", "min": 1})
+    whiten_rewards: bool = field(default=False, metadata={"help": "scale (not shift) the shaped rewards to unit variance"})
+    whiten_advantages: bool = field(default=True, metadata={"help": "whiten advantages per batch"})
+    cliprange: float = field(default=0.2, metadata={"help": "policy ratio clip", "min": 0.0, "min_exclusive": True})
+    cliprange_value: float = field(default=0.2, metadata={"help": "value clip", "min": 0.0, "min_exclusive": True})
+    vf_coef: float = field(default=0.1, metadata={"help": "value loss weight", "min": 0.0})
+    gamma: float = field(default=1.0, metadata={"help": "discount", "min": 0.0, "max": 1.0})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda", "min": 0.0, "max": 1.0})
+    temperature: float = field(default=1.0, metadata={"help": "rollout sampling temperature", "min": 0.0, "min_exclusive": True})
+    max_new_tokens: int = field(default=96, metadata={"help": "longest response", "min": 1})
+    missing_eos_penalty: float | None = field(default=None, metadata={"help": "score given to responses that never emit EOS (None: keep their score)"})
+    reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-c, c] (None: no clipping)", "min": 0.0, "min_exclusive": True})
+    value_init: str = field(default="rm", metadata={"help": "value model start: the RM, or the SFT trunk with a fresh head", "choices": ["rm", "sft"]})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip each model's gradient norm (0: off)", "min": 0.0})
+    eval_every: int = field(default=10, metadata={"help": "held-out evaluation every N iterations", "min": 1})
+    n_eval: int = field(default=100, metadata={"help": "held-out prompts per evaluation", "min": 1})
+    sample_every: int = field(default=10, metadata={"help": "print one rollout every N iterations", "min": 1})
+    ckpt_every: int = field(default=20, metadata={"help": "save a resumable checkpoint every N iterations", "min": 1})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+
+
+PRESETS = {"smoke": dict(steps=40, batch_size=32, minibatches=2, ppo_epochs=2, lr=3e-4, vf_lr=3e-4, max_new_tokens=16,
+                         eval_every=20, n_eval=32, ckpt_every=20, sample_every=20),
+           "tiny": dict(),
+           "alpacafarm": dict(kl_coef=0.0067, clamp_kl=True, whiten_rewards=True, whiten_advantages=True, cliprange=0.2,
+                              cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0, value_init="rm", missing_eos_penalty=-10.0)}
+
+
+def main(argv=None):
+    # 0. arguments, run directory, seeding
+    args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
+    if args.batch_size % args.minibatches:
+        raise ValueError(f"--minibatches {args.minibatches} must divide --batch-size {args.batch_size}")
+    if args.reward == "gold":
+        args.value_init = "sft"
+    out, resuming = start_run(args)
+    ckpt, vckpt = out / "ckpt", out / "value_ckpt"
+
+    # data: RL prompts, eval prompts, the gold judge when the data came from a built-in task
+    data = Path(args.data)
+    rl_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_rl.jsonl", "prompts")]
+    eval_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl", "prompts")][:args.n_eval]
+    meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
+    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    if args.reward == "gold" and task is None:
+        raise ValueError(f"--reward gold needs a gold judge: {data} has no meta.json from prepare_data.py")
+
+    # models: policy and frozen reference from SFT, frozen RM, value model from the RM or SFT
+    policy, tok, _ = load_model(args.sft, "policy")
+    ref, ref_tok, _ = load_model(args.sft, "policy")
+    ref.eval().requires_grad_(False)
+    rm = None
+    if args.reward == "rm" or args.value_init == "rm":
+        if args.rm is None:
+            raise ValueError("--rm is required with --reward rm or --value-init rm")
+        rm, rm_tok, _ = load_model(args.rm, "rm")
+        check_same_tokenizer({"policy": tok, "reference": ref_tok, "rm": rm_tok})
+        rm.eval().requires_grad_(False)
+    if args.value_init == "rm":
+        value, _, _ = load_model(args.rm, "rm", into=ScalarModel(rm.config))
+    else:
+        value = ScalarModel(policy.config)
+        value.gpt.load_state_dict(policy.state_dict())
+    opt = make_optimizer(policy.named_parameters(), args.lr)
+    vopt = make_optimizer(value.named_parameters(), args.vf_lr)
+    kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.kl_target else FixedKLController(args.kl_coef)
+    start = 0
+    if resuming:
+        load_model(ckpt, "policy", into=policy)
+        load_model(vckpt, "value", into=value)
+        state, vstate = load_train_state(ckpt, opt), load_train_state(vckpt, vopt)
+        if state["step"] != vstate["step"]:
+            raise ValueError(f"{ckpt} is at iteration {state['step']} but {vckpt} at {vstate['step']}: rerun with --overwrite")
+        set_rng_state(state["rng"])
+        kl_ctl.value, start = state["kl_coef"], state["step"]
+        print(f"resumed from {ckpt} at iteration {start}")
+    ckpt_config = {"model": policy.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint, "stage": "ppo"}
+
+    def save(step: int):
+        train_state = {"step": step, "rng": rng_state(), "kl_coef": kl_ctl.value}
+        save_checkpoint(vckpt, value.state_dict(), ckpt_config, kind="value", tokenizer_json=tok.to_json(), optimizer=vopt, train_state=train_state)
+        save_checkpoint(ckpt, policy.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(), optimizer=opt, train_state=train_state)
+
+    def score(prompts, texts, stopped):
+        s = score_texts(rm, tok, prompts, texts) if args.reward == "rm" else torch.tensor([task.gold(p, t) for p, t in zip(prompts, texts)])
+        if args.missing_eos_penalty is not None:
+            s = torch.where(stopped, s, torch.full_like(s, args.missing_eos_penalty))
+        if args.reward_clip is not None:
+            s = s.clamp(-args.reward_clip, args.reward_clip)
+        return s
+
+    def evaluate(ref_texts):
+        """Held-out gold / proxy / KL; the reference is sampled once and its texts reused afterwards."""
+        m, samples = evaluate_policy(policy, tok, eval_prompts, task=task, ref=ref, rm=rm, max_new_tokens=args.max_new_tokens,
+                                     seed=args.seed, ref_texts=ref_texts, rm_pairs=False)
+        return m, [s.get("ref_response") for s in samples] if ref_texts is None else ref_texts
+
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    ref_texts = None
+    if start == 0:
+        m, ref_texts = evaluate(None)
+        metrics.log(0, m)
+        print("before PPO: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+    B, mb = args.batch_size, args.batch_size // args.minibatches
+    pbar = tqdm(range(start, args.steps), desc="ppo", initial=start, total=args.steps)
+    for step in pbar:
+        t = {"start": time.time()}
+        g = torch.Generator().manual_seed(args.seed * 1000003 + step)  # prompts, sampling and minibatches of this iteration
+        lr_f = lr_factor(step, args.steps, 0, args.lr_schedule)
+        set_lr(opt, lr_f), set_lr(vopt, lr_f)
+
+        # 1. sample responses
+        policy.eval()
+        prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (B,), generator=g).tolist()]
+        roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
+        q, qm, r, rmask = roll.query_ids, roll.query_mask, roll.response_ids, roll.response_mask
+        t["rollout"] = time.time()
+
+        # 2. score
+        scores = score(prompts, roll.texts, roll.stopped)  # (B,)
+        t["score"] = time.time()
+
+        # 3. log-probs of the sampled tokens under policy and reference; values
+        with torch.no_grad():
+            old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+            ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature)
+            old_values = value_values(value, q, qm, r, rmask)  # (B, Tr)
+        t["forward"] = time.time()
+
+        # 4. KL-shaped rewards and GAE
+        rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
+        if args.whiten_rewards:
+            rewards = whiten(rewards, rmask, shift_mean=False)
+        advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
+        adv_var = masked_var(advantages, rmask).item()
+        if args.whiten_advantages:
+            advantages = whiten(advantages, rmask)
+        for name, x in (("scores", scores), ("rewards", rewards), ("advantages", advantages)):
+            if not torch.isfinite(x).all():
+                raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; the last good checkpoint is {ckpt}")
+
+        # 5. PPO epochs over minibatches
+        policy.train(), value.train()
+        stats = []
+        for _ in range(args.ppo_epochs):
+            for idx in torch.randperm(B, generator=g).split(mb):
+                logprobs, entropy = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature, return_entropy=True)
+                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], rmask[idx], args.cliprange)
+                vpred = value_values(value, q[idx], qm[idx], r[idx], rmask[idx])
+                vf_loss, vf_stats = value_loss(vpred, old_values[idx], returns[idx], rmask[idx], args.cliprange_value)
+                loss = pg_loss + args.vf_coef * vf_loss
+                if not torch.isfinite(loss):
+                    raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; the last good checkpoint is {ckpt}")
+                opt.zero_grad(set_to_none=True), vopt.zero_grad(set_to_none=True)
+                loss.backward()
+                for model in (policy, value):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+                opt.step(), vopt.step()
+                stats.append({"pg": pg_loss.item(), "vf": vf_loss.item(), "clip": pg_stats["clipfrac"].item(),
+                              "akl": pg_stats["approxkl"].item(), "vclip": vf_stats["clipfrac"].item(),
+                              "ent": masked_mean(entropy, rmask[idx]).item()})
+        t["update"] = time.time()
+
+        # 6. log
+        kl = ((old_logprobs - ref_logprobs) * rmask).sum(1).mean().item()  # sequence KL estimate (k1) on the rollouts
+        kl_ctl.update(kl, B)
+        mean = lambda k: sum(s[k] for s in stats) / len(stats)  # noqa: E731
+        explained = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
+        log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value,
+               "objective/entropy": mean("ent"), "ppo/loss/policy": mean("pg"), "ppo/loss/value": mean("vf"),
+               "ppo/policy/clipfrac": mean("clip"), "ppo/policy/approxkl": mean("akl"), "ppo/val/clipfrac": mean("vclip"),
+               "ppo/val/var_explained": explained, "ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
+               "ppo/stopped": roll.stopped.float().mean().item()}
+        stages = ["start", "rollout", "score", "forward", "update"]
+        log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            m, ref_texts = evaluate(ref_texts)
+            log.update(m)
+            tqdm.write(f"iter {step + 1:4d} | score {log['objective/score']:.3f} | kl {kl:.2f} | " +
+                       " | ".join(f"{k} {m[k]:.3f}" for k in ("gold/score", "proxy/score", "objective/kl") if k in m))
+        metrics.log(step + 1, log)
+        pbar.set_postfix(score=f"{log['objective/score']:.3f}", kl=f"{kl:.2f}")
+        if (step + 1) % args.sample_every == 0:
+            tqdm.write(f"  prompt: {prompts[0]}\n  response: {roll.texts[0]}\n  score {scores[0].item():.3f}, "
+                       f"KL {((old_logprobs[0] - ref_logprobs[0]) * rmask[0]).sum().item():.2f}")
+        if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
+            save(step + 1)
+    metrics.close()
+
+
+def value_values(value: ScalarModel, q, qm, r, rmask):
+    """V(s_t) for each response token t: the value head read at the position that predicts token t
+    (column Tq - 1 + t of query + response), (B, Tr); 0 on padding."""
+    Tq = q.shape[1]
+    v = value.values(torch.cat([q, r], 1), torch.cat([qm, rmask], 1))  # (B, Tq + Tr)
+    return v[:, Tq - 1:-1] * rmask
+
+
+if __name__ == "__main__":
+    run_cli(main)
