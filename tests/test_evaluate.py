@@ -1,12 +1,10 @@
 """Evaluation: tokenizer check, sequence KL, evaluate_policy's metrics, best-of-n, evaluate.py end to end."""
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import run
 
 from rlhf.checkpoint import load_model
 from rlhf.data import read_jsonl
@@ -14,32 +12,13 @@ from rlhf.evaluation import check_same_tokenizer, evaluate_policy, rm_pair_accur
 from rlhf.sampling import sample
 from rlhf.tasks import get_task
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args, check=True):
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    d = tmp_path_factory.mktemp("eval")
-    run("prepare_data.py", "--task", "algo", "--out", str(d / "data"), "--n-sft", "3000", "--n-pairs", "3000",
-        "--n-rl", "64", "--n-unlabelled", "32", "--n-eval", "64")
-    run("train_sft.py", "--preset", "smoke", "--data", str(d / "data"), "--out", str(d / "sft"), "--n-eval", "0")
-    run("train_rm.py", "--preset", "smoke", "--data", str(d / "data"), "--sft", str(d / "sft" / "ckpt"), "--out", str(d / "rm"))
-    return d
-
-
-@pytest.fixture(scope="module")
-def models(ckpts):
-    policy, tok, _ = load_model(ckpts / "sft" / "ckpt", "policy")
-    ref, _, _ = load_model(ckpts / "sft" / "ckpt", "policy")
-    rm, _, _ = load_model(ckpts / "rm" / "ckpt", "rm")
-    prompts = [r["prompt"] for r in read_jsonl(ckpts / "data" / "prompts_eval.jsonl", "prompts")]
+def models(algo):
+    policy, tok, _ = load_model(algo / "sft" / "ckpt", "policy")
+    ref, _, _ = load_model(algo / "sft" / "ckpt", "policy")
+    rm, _, _ = load_model(algo / "rm" / "ckpt", "rm")
+    prompts = [r["prompt"] for r in read_jsonl(algo / "data" / "prompts_eval.jsonl", "prompts")]
     return policy, ref, rm, tok, prompts, get_task("algo", seed=0)
 
 
@@ -125,20 +104,20 @@ def test_best_of_n(models):
         evaluate_policy(policy, tok, prompts[:4], task=task, max_new_tokens=8, best_of_n=4)
 
 
-def test_evaluate_script_end_to_end(ckpts):
-    sft, rm = str(ckpts / "sft" / "ckpt"), str(ckpts / "rm" / "ckpt")
-    out = ckpts / "ev" / "eval.json"
-    p = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", rm, "--data", str(ckpts / "data"),
+def test_evaluate_script_end_to_end(algo):
+    sft, rm = str(algo / "sft" / "ckpt"), str(algo / "rm" / "ckpt")
+    out = algo / "ev" / "eval.json"
+    p = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", rm, "--data", str(algo / "data"),
             "--n-eval", "48", "--max-new-tokens", "24", "--out", str(out), "--name", "sft-vs-sft")
     report = json.loads(out.read_text())
     assert 0 <= report["gold/win_rate"] <= 1 and report["eval/n"] == 48 and report["name"] == "sft-vs-sft"
-    samples = read_jsonl(ckpts / "ev" / "eval.samples.jsonl", "samples")
+    samples = read_jsonl(algo / "ev" / "eval.samples.jsonl", "samples")
     assert len(samples) == 48 and "ref_response" in samples[0]
     assert "| name | gold win rate vs reference (95% CI) |" in p.stdout
     assert "| sft-vs-sft | " in p.stdout
 
     # a policy where the RM belongs: the checkpoint's own message, exit 1, no traceback
-    bad = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", sft, "--data", str(ckpts / "data"),
-              "--n-eval", "4", "--out", str(ckpts / "ev" / "bad.json"), check=False)
+    bad = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", sft, "--data", str(algo / "data"),
+              "--n-eval", "4", "--out", str(algo / "ev" / "bad.json"), check=False)
     assert bad.returncode != 0 and "expected 'rm'" in bad.stderr and "Traceback" not in bad.stderr
-    assert not (ckpts / "ev" / "bad.json").exists()
+    assert not (algo / "ev" / "bad.json").exists()

@@ -5,27 +5,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args, check=True):
-    p = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
-
-
-@pytest.fixture(scope="module")
-def algo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("algo")
-    run("prepare_data.py", "--task", "algo", "--out", str(d / "data"), "--n-sft", "3000", "--n-pairs", "3000",
-        "--n-rl", "64", "--n-unlabelled", "32", "--n-eval", "64")
-    run("train_sft.py", "--preset", "smoke", "--data", str(d / "data"), "--out", str(d / "sft"))
-    return d
+from helpers import ROOT, run
 
 
 def test_prepare_data_files(algo):
@@ -86,16 +68,16 @@ def test_rm_smoke_and_wrong_kind(algo):
     pairs = algo / "pairs_with_dup.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     p = run("train_rm.py", "--preset", "smoke", "--data", str(algo / "data"), "--pairs", str(pairs),
-            "--sft", str(algo / "sft" / "ckpt"), "--out", str(algo / "rm"), "--normalize")
+            "--sft", str(algo / "sft" / "ckpt"), "--out", str(algo / "rm_dup"), "--normalize")
     assert "skipped 1 of 3000 pairs" in p.stdout
-    diag = json.loads((algo / "rm" / "diagnostics.json").read_text())
+    diag = json.loads((algo / "rm_dup" / "diagnostics.json").read_text())
     for k in ("rm/accuracy", "rm/gold_accuracy", "rm/length_rule_accuracy", "rm/ece", "rm/length_corr"):
         assert k in diag
     # --normalize: rewards on the held-out responses have mean 0 and std 1 once the shift/scale are applied
     assert abs(diag["rm/reward_mean"]) < 1e-4 and abs(diag["rm/reward_std"] - 1.0) < 1e-4
     # the normalisation travels with the checkpoint
     from rlhf.checkpoint import CheckpointError, load_model
-    rm, _, _ = load_model(algo / "rm" / "ckpt", "rm")
+    rm, _, _ = load_model(algo / "rm_dup" / "ckpt", "rm")
     assert rm.scale.item() != 1.0 and rm.shift.item() != 0.0
     with pytest.raises(CheckpointError, match="is a 'policy' checkpoint, expected 'rm'"):
         load_model(algo / "sft" / "ckpt", "rm")
@@ -142,9 +124,6 @@ def test_ppo_smoke_gold_reward_raises_score(algo):
 def test_ppo_with_rm_and_evaluate(algo):
     """PPO against the learned RM runs; evaluate.py compares the result with SFT and prints a table row."""
     rm = algo / "rm" / "ckpt"
-    if not rm.exists():
-        run("train_rm.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
-            "--out", str(algo / "rm"))
     run("train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
         "--rm", str(rm), "--out", str(algo / "ppo_rm"), "--steps", "10", "--eval-every", "10")
     rows = [json.loads(line) for line in (algo / "ppo_rm" / "metrics.jsonl").open()]
