@@ -8,8 +8,10 @@ Usage:
 Each iteration: 1. sample responses, 2. score them, 3. log-probs of policy and reference and values,
 4. KL-shaped rewards and GAE, 5. PPO epochs over minibatches, 6. log (and every --eval-every
 iterations: gold score, proxy score and KL on held-out prompts: the over-optimisation curve).
-The policy and the value model are separate networks; the value model starts from the RM
-(`--value-init rm`) or from the SFT trunk with a fresh head (`--value-init sft`, forced by --reward gold).
+By default the value model is a separate network that starts from the RM (`--value-init rm`) or from
+the SFT trunk with a fresh head (`--value-init sft`, forced by --reward gold). `--value-head shared` puts
+a fresh value head on the policy trunk instead: one forward gives log-probs and values, and the value
+loss (weighted by --vf-coef) trains the shared trunk too.
 
 Departures from the papers (see README): the reward is read once at EOS; a response that never
 emits EOS gets --missing-eos-penalty as its score when set (AlpacaFarm's fixed negative reward).
@@ -24,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from rlhf import tasks
-from rlhf.checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf.checkpoint import check_state_dict, load_checkpoint, load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
 from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
@@ -32,7 +34,7 @@ from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_mean, masked_var, policy_loss, shaped_rewards, value_loss, whiten
 from rlhf.reward import score_texts
-from rlhf.sampling import response_logprobs, sample
+from rlhf.sampling import response_logprobs, response_values, sample
 
 
 @dataclass
@@ -67,6 +69,7 @@ class Args:
     max_new_tokens: int = field(default=96, metadata={"help": "longest response", "min": 1})
     missing_eos_penalty: float | None = field(default=None, metadata={"help": "score given to responses that never emit EOS (None: keep their score)"})
     reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-c, c] (None: no clipping)", "min": 0.0, "min_exclusive": True})
+    value_head: str = field(default="separate", metadata={"help": "value function: a separate model, or a head on the policy trunk", "choices": ["separate", "shared"]})
     value_init: str = field(default="rm", metadata={"help": "value model start: the RM, or the SFT trunk with a fresh head", "choices": ["rm", "sft"]})
     grad_clip: float = field(default=1.0, metadata={"help": "clip each model's gradient norm (0: off)", "min": 0.0})
     eval_every: int = field(default=10, metadata={"help": "held-out evaluation every N iterations", "min": 1})
@@ -90,8 +93,8 @@ def main(argv=None):
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
     if args.batch_size % args.minibatches:
         raise ValueError(f"--minibatches {args.minibatches} must divide --batch-size {args.batch_size}")
-    if args.reward == "gold":
-        args.value_init = "sft"
+    if args.reward == "gold" or args.value_head == "shared":
+        args.value_init = "sft"  # no RM to start from, or the trunk is the policy's
     out, resuming = start_run(args)
     ckpt, vckpt = out / "ckpt", out / "value_ckpt"
 
@@ -115,18 +118,28 @@ def main(argv=None):
         rm, rm_tok, _ = load_model(args.rm, "rm")
         check_same_tokenizer({"policy": tok, "reference": ref_tok, "rm": rm_tok})
         rm.eval().requires_grad_(False)
-    if args.value_init == "rm":
+    shared = args.value_head == "shared"
+    if shared:  # a fresh linear head on the policy's hidden states, trained with the policy's optimiser
+        value = torch.nn.Linear(policy.config.n_embd, 1)
+        torch.nn.init.zeros_(value.weight), torch.nn.init.zeros_(value.bias)
+        opt = make_optimizer([{"named": policy.named_parameters(), "lr": args.lr},
+                              {"named": value.named_parameters(), "lr": args.vf_lr}], args.lr)
+    elif args.value_init == "rm":
         value, _, _ = load_model(args.rm, "rm", into=ScalarModel(rm.config))
     else:
         value = ScalarModel(policy.config)
         value.gpt.load_state_dict(policy.state_dict())
-    opt = make_optimizer(policy.named_parameters(), args.lr)
-    vopt = make_optimizer(value.named_parameters(), args.vf_lr)
+    if not shared:
+        opt = make_optimizer(policy.named_parameters(), args.lr)
+    vopt = None if shared else make_optimizer(value.named_parameters(), args.vf_lr)
+    optimizers = [o for o in (opt, vopt) if o is not None]
     kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.kl_target else FixedKLController(args.kl_coef)
     start = 0
     if resuming:
         load_model(ckpt, "policy", into=policy)
-        load_model(vckpt, "value", into=value)
+        vstate_dict, _ = load_checkpoint(vckpt, expected_kind="value")
+        check_state_dict(vstate_dict, value, vckpt)
+        value.load_state_dict(vstate_dict)
         state, vstate = load_train_state(ckpt, opt), load_train_state(vckpt, vopt)
         if state["step"] != vstate["step"]:
             raise ValueError(f"{ckpt} is at iteration {state['step']} but {vckpt} at {vstate['step']}: rerun with --overwrite")
@@ -166,7 +179,8 @@ def main(argv=None):
         t = {"start": time.time()}
         g = torch.Generator().manual_seed(args.seed * 1000003 + step)  # prompts, sampling and minibatches of this iteration
         lr_f = lr_factor(step, args.steps, 0, args.lr_schedule)
-        set_lr(opt, lr_f), set_lr(vopt, lr_f)
+        for o in optimizers:
+            set_lr(o, lr_f)
 
         # 1. sample responses
         policy.eval()
@@ -181,9 +195,12 @@ def main(argv=None):
 
         # 3. log-probs of the sampled tokens under policy and reference; values
         with torch.no_grad():
-            old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+            if shared:  # one forward of the policy gives both
+                old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value)
+            else:
+                old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+                old_values = response_values(value, q, qm, r, rmask)  # (B, Tr)
             ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature)
-            old_values = value_values(value, q, qm, r, rmask)  # (B, Tr)
         t["forward"] = time.time()
 
         # 4. KL-shaped rewards and GAE
@@ -203,18 +220,24 @@ def main(argv=None):
         stats = []
         for _ in range(args.ppo_epochs):
             for idx in torch.randperm(B, generator=g).split(mb):
-                logprobs, entropy = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature, return_entropy=True)
+                if shared:  # one forward: log-probs, entropy and values from the same hidden states
+                    logprobs, entropy, vpred = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature,
+                                                                 return_entropy=True, value_head=value)
+                else:
+                    logprobs, entropy = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature, return_entropy=True)
+                    vpred = response_values(value, q[idx], qm[idx], r[idx], rmask[idx])
                 pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], rmask[idx], args.cliprange)
-                vpred = value_values(value, q[idx], qm[idx], r[idx], rmask[idx])
                 vf_loss, vf_stats = value_loss(vpred, old_values[idx], returns[idx], rmask[idx], args.cliprange_value)
                 loss = pg_loss + args.vf_coef * vf_loss
                 if not torch.isfinite(loss):
                     raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; the last good checkpoint is {ckpt}")
-                opt.zero_grad(set_to_none=True), vopt.zero_grad(set_to_none=True)
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
                 loss.backward()
                 for model in (policy, value):
                     torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
-                opt.step(), vopt.step()
+                for o in optimizers:
+                    o.step()
                 stats.append({"pg": pg_loss.item(), "vf": vf_loss.item(), "clip": pg_stats["clipfrac"].item(),
                               "akl": pg_stats["approxkl"].item(), "vclip": vf_stats["clipfrac"].item(),
                               "ent": masked_mean(entropy, rmask[idx]).item()})
@@ -245,14 +268,6 @@ def main(argv=None):
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             save(step + 1)
     metrics.close()
-
-
-def value_values(value: ScalarModel, q, qm, r, rmask):
-    """V(s_t) for each response token t: the value head read at the position that predicts token t
-    (column Tq - 1 + t of query + response), (B, Tr); 0 on padding."""
-    Tq = q.shape[1]
-    v = value.values(torch.cat([q, r], 1), torch.cat([qm, rmask], 1))  # (B, Tq + Tr)
-    return v[:, Tq - 1:-1] * rmask
 
 
 if __name__ == "__main__":

@@ -200,15 +200,19 @@ class ScalarModel(nn.Module):
         self.register_buffer("shift", torch.zeros(()))
         self.register_buffer("scale", torch.ones(()))
 
+    def read(self, h):
+        """Hidden states (..., D) -> normalised head output (...)."""
+        return (self.head(h).squeeze(-1) - self.shift) / self.scale
+
     def values(self, idx, mask=None):
         """-> (B, T) head output at every token."""
-        return (self.head(self.gpt.hidden(idx, mask)).squeeze(-1) - self.shift) / self.scale
+        return self.read(self.gpt.hidden(idx, mask))
 
     def score(self, idx, mask, return_hidden: bool = False):
         """-> (B,) head output at the last real token (and that hidden state (B, D) if asked)."""
         h = self.gpt.hidden(idx, mask)  # (B, T, D)
         last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]  # (B, D)
-        r = (self.head(last).squeeze(-1) - self.shift) / self.scale
+        r = self.read(last)
         return (r, last) if return_hidden else r
 
 

@@ -63,21 +63,38 @@ def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature
     return Rollout(list(prompts), texts, q, qm, r, rm, stopped)
 
 
-def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
-                      return_entropy: bool = False):
-    """log pi(response token | everything before it), one forward over query + response.
-
-    logits at column Tq - 1 + t predict response token t. Returns (B, Tr) log-probs, 0 on padding
-    (and the (B, Tr) entropy of each next-token distribution if asked). Logits are divided by the
-    sampling temperature so the log-probs are those of the distribution that was sampled.
-    """
+def response_hidden(model: GPT, query_ids, query_mask, response_ids, response_mask):
+    """Hidden states that predict each response token: column Tq - 1 + t of query + response predicts
+    response token t. One forward. -> (B, Tr, D)"""
     Tq = query_ids.shape[1]
     ids = torch.cat([query_ids, response_ids], 1)  # (B, Tq + Tr)
     mask = torch.cat([query_mask, response_mask], 1)
-    logits = model(ids, mask)[:, Tq - 1:-1].float() / temperature  # (B, Tr, V)
+    return model.hidden(ids, mask)[:, Tq - 1:-1]  # (B, Tr, D)
+
+
+def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
+                      return_entropy: bool = False, value_head=None):
+    """log pi(response token | everything before it), one forward over query + response.
+
+    Returns (B, Tr) log-probs, 0 on padding; with return_entropy also the (B, Tr) entropy of each
+    next-token distribution; with value_head (a module mapping (B, Tr, D) -> (B, Tr, 1)) also the
+    values read from the same hidden states (a value head shared with the policy trunk). Logits are
+    divided by the sampling temperature so the log-probs are those of the distribution that was sampled.
+    """
+    h = response_hidden(model, query_ids, query_mask, response_ids, response_mask)  # (B, Tr, D)
+    logits = F.linear(h, model.wte.weight).float() / temperature  # (B, Tr, V), tied output embedding
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1) * response_mask  # (B, Tr)
-    if not return_entropy:
-        return logp
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * response_mask  # (B, Tr)
-    return logp, entropy
+    out = [logp]
+    if return_entropy:
+        out.append(-(logp_all.exp() * logp_all).sum(-1) * response_mask)  # (B, Tr)
+    if value_head is not None:
+        out.append(value_head(h).squeeze(-1) * response_mask)  # (B, Tr)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def response_values(value_model, query_ids, query_mask, response_ids, response_mask):
+    """V(s_t) for each response token t from a separate value model (a ScalarModel): its head read at
+    the position that predicts token t. -> (B, Tr), 0 on padding."""
+    h = response_hidden(value_model.gpt, query_ids, query_mask, response_ids, response_mask)
+    return value_model.read(h) * response_mask

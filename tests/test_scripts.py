@@ -133,3 +133,41 @@ def test_ppo_with_rm_and_evaluate(algo):
     assert "|" in p.stdout
     res = json.loads((algo / "eval_ppo.json").read_text())
     assert 0.0 <= res["gold/win_rate_lo"] <= res["gold/win_rate"] <= res["gold/win_rate_hi"] <= 1.0
+
+
+def _ppo_rows(path):
+    """PPO metrics rows without the wall-clock keys, which differ between any two runs."""
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in path.open()]
+
+
+def test_ppo_resume_matches_uninterrupted_and_shared_value_head(algo, tmp_path):
+    """10 iterations, then --resume to 20, equals 20 in one go (constant lr: nothing depends on the total),
+    with the value head shared with the policy trunk."""
+    common = ["train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
+              "--reward", "gold", "--value-head", "shared", "--eval-every", "10", "--ckpt-every", "10", "--threads", "1"]
+    run(*common, "--steps", "20", "--out", str(tmp_path / "full"))
+    run(*common, "--steps", "10", "--out", str(tmp_path / "split"))
+    run(*common, "--steps", "20", "--out", str(tmp_path / "split"), "--resume")
+    full, split = _ppo_rows(tmp_path / "full" / "metrics.jsonl"), _ppo_rows(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in split] == [r["step"] for r in full] == list(range(0, 21))
+    for a, b in zip(full, split):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k, a[k], b[k])
+    assert "ppo/val/var_explained" in full[-1]
+
+
+def test_ppo_non_finite_reward_stops_and_keeps_last_checkpoint(algo, tmp_path):
+    """An RM that returns NaN: the run stops naming the iteration; the checkpoint before it stays loadable."""
+    import torch
+    from rlhf.checkpoint import load_checkpoint, load_tokenizer_json, save_checkpoint
+    state, config = load_checkpoint(algo / "rm" / "ckpt", expected_kind="rm")
+    state["head.bias"] = torch.full_like(state["head.bias"], float("nan"))
+    save_checkpoint(tmp_path / "nan_rm", state, config, kind="rm", tokenizer_json=load_tokenizer_json(algo / "rm" / "ckpt"))
+    common = ["train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
+              "--value-init", "sft", "--ckpt-every", "1", "--eval-every", "100", "--out", str(tmp_path / "ppo")]
+    run(*common, "--rm", str(algo / "rm" / "ckpt"), "--steps", "2")
+    p = run(*common, "--rm", str(tmp_path / "nan_rm"), "--steps", "4", "--resume", check=False)
+    assert p.returncode != 0 and "non-finite scores at iteration 3" in p.stderr and "Traceback" not in p.stderr
+    assert json.loads((tmp_path / "ppo" / "ckpt" / "state.json").read_text())["step"] == 2
+    load_checkpoint(tmp_path / "ppo" / "ckpt", expected_kind="policy")
