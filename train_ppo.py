@@ -33,7 +33,7 @@ from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_mean, masked_var, policy_loss, shaped_rewards, value_loss, whiten
-from rlhf.reward import score_texts
+from rlhf.reward import score_texts, weak_rm_warning
 from rlhf.sampling import response_logprobs, response_values, sample
 
 
@@ -115,7 +115,10 @@ def main(argv=None):
     if args.reward == "rm" or args.value_init == "rm":
         if args.rm is None:
             raise ValueError("--rm is required with --reward rm or --value-init rm")
-        rm, rm_tok, _ = load_model(args.rm, "rm")
+        rm, rm_tok, rm_cfg = load_model(args.rm, "rm")
+        warning = weak_rm_warning(rm_cfg.get("diagnostics", {}))
+        if warning:
+            print(f"\n{'!' * 78}\nWARNING: reward model {args.rm}: {warning}\n{'!' * 78}\n")
         check_same_tokenizer({"policy": tok, "reference": ref_tok, "rm": rm_tok})
         rm.eval().requires_grad_(False)
     shared = args.value_head == "shared"

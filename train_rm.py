@@ -156,9 +156,10 @@ def main(argv=None):
         rm.shift += s.mean() * rm.scale  # reward' = (head - shift') / scale', so shift' folds in the mean
         rm.scale *= s.std().clamp(min=1e-6)
         print(f"normalised: shift {rm.shift.item():.4f}, scale {rm.scale.item():.4f}")
-    save(steps)
     diag = evaluate()
     diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
+    ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
+    save(steps)
     metrics.log(steps, diag)
     metrics.close()
     write_json(out / "diagnostics.json", diag)

@@ -131,3 +131,16 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
         out[f"rm/component/{name}"] = _acc(vals)
         out[f"rm/component/{name}/n"] = len(vals)
     return out
+
+
+def weak_rm_warning(diag: dict, margin: float = 0.03) -> str | None:
+    """A message when an RM's held-out gold accuracy (rm_diagnostics, stored in its checkpoint by
+    train_rm.py) is within `margin` of chance or of the "longer wins" rule, else None."""
+    acc, rule = diag.get("rm/gold_accuracy"), diag.get("rm/length_rule_gold_accuracy")
+    if acc is None or acc != acc:  # no gold judge, or no decided pairs
+        return None
+    rule = 0.5 if rule is None or rule != rule else rule
+    if acc < max(0.5, rule) + margin:
+        return (f"it orders held-out pairs as the gold judge does only {acc:.1%} of the time (chance 50.0%, "
+                f"'longer wins' {rule:.1%}); PPO against it will mostly optimise noise or length")
+    return None

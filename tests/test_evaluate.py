@@ -121,3 +121,14 @@ def test_evaluate_script_end_to_end(algo):
               "--n-eval", "4", "--out", str(algo / "ev" / "bad.json"), check=False)
     assert bad.returncode != 0 and "expected 'rm'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (algo / "ev" / "bad.json").exists()
+
+
+def test_evaluate_script_without_gold_judge(algo, tmp_path):
+    """User data (no meta.json): evaluate.py says there is no gold judge and reports the RM-based figures."""
+    (tmp_path / "prompts_eval.jsonl").write_text((algo / "data" / "prompts_eval.jsonl").read_text())
+    sft, rm = str(algo / "sft" / "ckpt"), str(algo / "rm" / "ckpt")
+    p = run("evaluate.py", "--policy", sft, "--reference", sft, "--rm", rm, "--data", str(tmp_path),
+            "--n-eval", "8", "--out", str(tmp_path / "eval.json"))
+    assert "no gold judge" in p.stdout
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert "proxy/score" in res and "objective/kl" in res and not any(k.startswith("gold/") for k in res)

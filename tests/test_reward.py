@@ -79,3 +79,12 @@ def test_score_texts_batched_equals_one_by_one():
     batched = score_texts(rm, tok, prompts, responses, batch_size=4)
     single = torch.cat([score_texts(rm, tok, [p], [r]) for p, r in zip(prompts, responses)])
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_weak_rm_warning():
+    from rlhf.reward import weak_rm_warning
+    assert weak_rm_warning({"rm/gold_accuracy": 0.69, "rm/length_rule_gold_accuracy": 0.50}) is None
+    assert "51.0%" in weak_rm_warning({"rm/gold_accuracy": 0.51, "rm/length_rule_gold_accuracy": 0.40})
+    # beats chance but not the length rule by the margin: it learned length
+    assert "'longer wins' 66.0%" in weak_rm_warning({"rm/gold_accuracy": 0.67, "rm/length_rule_gold_accuracy": 0.66})
+    assert weak_rm_warning({}) is None and weak_rm_warning({"rm/gold_accuracy": float("nan")}) is None

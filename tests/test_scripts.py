@@ -124,8 +124,11 @@ def test_ppo_smoke_gold_reward_raises_score(algo):
 def test_ppo_with_rm_and_evaluate(algo):
     """PPO against the learned RM runs; evaluate.py compares the result with SFT and prints a table row."""
     rm = algo / "rm" / "ckpt"
-    run("train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
-        "--rm", str(rm), "--out", str(algo / "ppo_rm"), "--steps", "10", "--eval-every", "10")
+    p = run("train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
+            "--rm", str(rm), "--out", str(algo / "ppo_rm"), "--steps", "10", "--eval-every", "10")
+    # the smoke RM is near chance against gold on algo (README): train_ppo.py must say so before it starts
+    diag = json.loads((algo / "rm" / "diagnostics.json").read_text())
+    assert ("WARNING: reward model" in p.stdout) == (diag["rm/gold_accuracy"] < max(0.5, diag["rm/length_rule_gold_accuracy"]) + 0.03)
     rows = [json.loads(line) for line in (algo / "ppo_rm" / "metrics.jsonl").open()]
     assert any("proxy/score" in r for r in rows)
     p = run("evaluate.py", "--policy", str(algo / "ppo_rm" / "ckpt"), "--reference", str(algo / "sft" / "ckpt"),
