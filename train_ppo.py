@@ -33,7 +33,7 @@ from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_mean, masked_var, policy_loss, shaped_rewards, value_loss, whiten
-from rlhf.reward import score_texts, weak_rm_warning
+from rlhf.reward import contrastive_reward, score_texts, weak_rm_warning
 from rlhf.sampling import response_logprobs, response_values, sample
 
 
@@ -42,7 +42,9 @@ class Args:
     data: str = field(default="data/story", metadata={"help": "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)"})
     sft: str = field(default="runs/sft/ckpt", metadata={"help": "SFT checkpoint: the initial policy and the frozen reference"})
     rm: str | None = field(default="runs/rm/ckpt", metadata={"help": "reward model checkpoint (unused with --reward gold)"})
-    reward: str = field(default="rm", metadata={"help": "what PPO maximises: the RM score, or the gold judge (oracle control)", "choices": ["rm", "gold"]})
+    reward: str = field(default="rm", metadata={"help": "what PPO maximises: the RM score, the RM score minus its offline baseline (contrastive), or the gold judge (oracle control)", "choices": ["rm", "contrastive", "gold"]})
+    baselines: str | None = field(default=None, metadata={"help": "--reward contrastive: samples JSONL from sample_baselines.py covering every RL prompt"})
+    baseline_agg: str = field(default="mean", metadata={"help": "--reward contrastive: how the k baseline rewards make one baseline", "choices": ["mean", "median", "max", "min"]})
     out: str = field(default="runs/ppo", metadata={"help": "run directory"})
     preset: str = field(default="tiny", metadata={"help": "preset; explicit flags override it"})
     seed: int = field(default=0, metadata={"help": "fixes prompts order, sampling and minibatches"})
@@ -104,6 +106,7 @@ def main(argv=None):
     eval_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl", "prompts")][:args.n_eval]
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
     task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    baselines = load_baselines(args.baselines, rl_prompts) if args.reward == "contrastive" else None
     if args.reward == "gold" and task is None:
         raise ValueError(f"--reward gold needs a gold judge: {data} has no meta.json from prepare_data.py")
 
@@ -112,9 +115,9 @@ def main(argv=None):
     ref, ref_tok, _ = load_model(args.sft, "policy")
     ref.eval().requires_grad_(False)
     rm = None
-    if args.reward == "rm" or args.value_init == "rm":
+    if args.reward != "gold" or args.value_init == "rm":
         if args.rm is None:
-            raise ValueError("--rm is required with --reward rm or --value-init rm")
+            raise ValueError("--rm is required with --reward rm or contrastive, or --value-init rm")
         rm, rm_tok, rm_cfg = load_model(args.rm, "rm")
         warning = weak_rm_warning(rm_cfg.get("diagnostics", {}))
         if warning:
@@ -157,7 +160,12 @@ def main(argv=None):
         save_checkpoint(ckpt, policy.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(), optimizer=opt, train_state=train_state)
 
     def score(prompts, texts, stopped):
-        s = score_texts(rm, tok, prompts, texts) if args.reward == "rm" else torch.tensor([task.gold(p, t) for p, t in zip(prompts, texts)])
+        if args.reward == "gold":
+            s = torch.tensor([task.gold(p, t) for p, t in zip(prompts, texts)])
+        else:
+            s = score_texts(rm, tok, prompts, texts)
+        if args.reward == "contrastive":  # before any penalty, clipping or whitening (PAPERS.md §1)
+            s = contrastive_reward(s, torch.stack([baselines[p] for p in prompts]), args.baseline_agg)
         if args.missing_eos_penalty is not None:
             s = torch.where(stopped, s, torch.full_like(s, args.missing_eos_penalty))
         if args.reward_clip is not None:
@@ -271,6 +279,21 @@ def main(argv=None):
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             save(step + 1)
     metrics.close()
+
+
+def load_baselines(path, rl_prompts: list[str]) -> dict[str, torch.Tensor]:
+    """prompt -> (k,) RM rewards of its offline baseline samples; every RL prompt must have them."""
+    if path is None:
+        raise ValueError("--reward contrastive needs --baselines FILE (written by sample_baselines.py)")
+    table = {r["prompt"]: torch.tensor(r["rewards"], dtype=torch.float32) for r in read_jsonl(path, "samples")}
+    missing = [p for p in dict.fromkeys(rl_prompts) if p not in table]
+    if missing:
+        raise ValueError(f"{path} has no baselines for {len(missing)} RL prompt(s), e.g. {missing[0]!r}; "
+                         "run sample_baselines.py on the same prompts file")
+    ks = {len(v) for v in table.values()}
+    if len(ks) > 1:
+        raise ValueError(f"{path}: prompts have different numbers of baseline rewards ({sorted(ks)}); k must be the same")
+    return table
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""k responses per prompt from a policy, scored once by a reward model, saved as JSONL (the samples format).
+
+Usage:
+    # contrastive rewards (Shen et al. 2024): offline baselines from SFT for every RL prompt
+    python sample_baselines.py --policy runs/sft/ckpt --rm runs/rm/ckpt --prompts data/story/prompts_rl.jsonl --k 4 --out runs/baselines.jsonl
+    # RLP (Lang et al. 2024): n = 10 samples per unlabelled prompt from the PPO policy at temperature 1.0
+    python sample_baselines.py --policy runs/ppo/ckpt --rm runs/rm/ckpt --prompts data/story/prompts_unlabelled.jsonl --k 10 --out runs/policy_samples.jsonl
+
+Writes --out, one line per distinct prompt: {"prompt", "responses": [k strings], "rewards": [k RM scores]},
+and beside it <out>.meta.json with the settings. Resumable: rerunning with the same settings continues a
+partial file (prompts already in it are skipped, never sampled twice); other settings are refused.
+Prompts are processed in chunks of --batch-size, each appended in one write; each chunk's generator is
+seeded by (seed, chunk), so a run interrupted between chunks resumes to the same file as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from rlhf.checkpoint import load_model
+from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_everything
+from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
+from rlhf.evaluation import check_same_tokenizer
+from rlhf.reward import score_texts
+from rlhf.sampling import sample
+
+
+@dataclass
+class Args:
+    policy: str = field(default="runs/sft/ckpt", metadata={"help": "policy checkpoint to sample from"})
+    rm: str = field(default="runs/rm/ckpt", metadata={"help": "reward model checkpoint that scores the samples"})
+    prompts: str = field(default="data/story/prompts_rl.jsonl", metadata={"help": "prompts JSONL"})
+    out: str = field(default="runs/baselines.jsonl", metadata={"help": "output samples JSONL"})
+    k: int = field(default=4, metadata={"help": "responses per prompt", "min": 1})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0.0, "min_exclusive": True})
+    max_new_tokens: int = field(default=96, metadata={"help": "longest response", "min": 1})
+    batch_size: int = field(default=16, metadata={"help": "prompts per chunk (k x that many sequences per generate call)", "min": 1})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+
+
+# settings that must match for a partial output to be continued
+_SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch_size", "seed")
+
+
+def main(argv=None):
+    args = parse_args(Args, argv, description=__doc__.split("\n")[0])
+    print_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    out, meta_path = Path(args.out), Path(f"{args.out}.meta.json")
+
+    # 1. models: the RM must read the policy's tokens
+    policy, tok, _ = load_model(args.policy, "policy")
+    rm, rm_tok, _ = load_model(args.rm, "rm")
+    check_same_tokenizer({"policy": tok, "rm": rm_tok})
+    policy.eval(), rm.eval()
+
+    # 2. prompts, and what a partial output already holds
+    prompts = list(dict.fromkeys(r["prompt"] for r in read_jsonl(args.prompts, "prompts")))  # distinct, in order
+    settings = {k: v for k, v in config_to_dict(args).items() if k in _SAME} | {"tokenizer": tok.fingerprint}
+    done = set()
+    if out.exists():
+        old = read_json(meta_path) if meta_path.exists() else None
+        if old != settings:
+            diff = sorted(k for k in settings if old is None or old.get(k) != settings[k])
+            raise ValueError(f"{out} already exists with other settings ({', '.join(diff) or 'no ' + meta_path.name}); "
+                             "remove it or choose another --out")
+        done = {r["prompt"] for r in read_jsonl(out, "samples", allow_partial_tail=True)}
+        print(f"continuing {out}: {len(done)} of {len(prompts)} prompts already sampled")
+    else:
+        write_json(meta_path, settings)
+
+    # 3. sample k per prompt, score once, append chunk by chunk
+    n_chunks = math.ceil(len(prompts) / args.batch_size)
+    for c in tqdm(range(n_chunks), desc="baselines"):
+        chunk = [p for p in prompts[c * args.batch_size:(c + 1) * args.batch_size] if p not in done]
+        if not chunk:
+            continue
+        g = torch.Generator().manual_seed(args.seed * 1000003 + c)
+        rep = [p for p in chunk for _ in range(args.k)]  # (len(chunk) * k,) prompt i's samples are rows i*k .. i*k+k-1
+        roll = sample(policy, tok, rep, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=len(rep))
+        rewards = score_texts(rm, tok, rep, roll.texts).view(len(chunk), args.k)
+        append_jsonl(out, [{"prompt": p, "responses": roll.texts[i * args.k:(i + 1) * args.k], "rewards": rewards[i].tolist()}
+                           for i, p in enumerate(chunk)])
+    print(f"wrote {out}: {len(prompts)} prompts x {args.k} responses")
+
+
+if __name__ == "__main__":
+    run_cli(main)
