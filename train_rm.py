@@ -28,7 +28,7 @@ from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, star
 from rlhf.data import read_json, read_jsonl, write_json
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.reward import bradley_terry_loss, pair_batch, rm_diagnostics, score_texts
+from rlhf.reward import bradley_terry_loss, pair_batch, policy_sample_pairs, rm_diagnostics, score_texts
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Args:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)", "min": 0.0})
     val_fraction: float = field(default=0.1, metadata={"help": "share of pairs held out for diagnostics", "min": 0.0, "max": 0.9, "min_exclusive": True})
     eval_every: int = field(default=100, metadata={"help": "held-out accuracy every N steps", "min": 1})
+    n_policy_pairs: int = field(default=400, metadata={"help": "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", "min": 0})
     max_val_pairs: int = field(default=1000, metadata={"help": "cap on held-out pairs scored at each evaluation", "min": 1})
     normalize: bool = field(default=False, metadata={"help": "store shift/scale so held-out rewards have mean 0, std 1"})
     ckpt_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps", "min": 1})
@@ -91,7 +92,7 @@ def main(argv=None):
     policy, tok, sft_cfg = load_model(args.sft, "policy")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
-    del policy
+    policy.eval()  # kept: its samples make the second set of diagnostic pairs
     opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
                           {"named": rm.head.named_parameters(), "lr": args.head_lr}], args.lr, args.weight_decay)
     start = 0
@@ -157,6 +158,14 @@ def main(argv=None):
         rm.scale *= s.std().clamp(min=1e-6)
         print(f"normalised: shift {rm.shift.item():.4f}, scale {rm.scale.item():.4f}")
     diag = evaluate()
+    eval_prompts = data / "prompts_eval.jsonl"
+    if task is not None and args.n_policy_pairs and eval_prompts.exists():
+        # pairs of two SFT samples per held-out prompt: what PPO shows the RM first (issue 11 measures this)
+        prompts = [r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
+        room = rm.config.block_size - max(len(q) for q in tok.encode_prompts(prompts))
+        p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed)
+        s = score_texts(rm, tok, p + p, c + r)
+        diag.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
     diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
     ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
     save(steps)
@@ -167,17 +176,21 @@ def main(argv=None):
 
 
 def format_diagnostics(d: dict) -> str:
-    """The report a researcher reads first: the RM beside the length-only rule and chance."""
-    f = lambda k: f"{d[k]:.3f}" if k in d and d[k] == d[k] else "n/a"  # noqa: E731
-    lines = [f"held-out pairs: {d['rm/n_pairs']}",
-             f"  accuracy vs labels   RM {f('rm/accuracy')}   length rule {f('rm/length_rule_accuracy')}",
-             f"  accuracy vs gold     RM {f('rm/gold_accuracy')}   length rule {f('rm/length_rule_gold_accuracy')}"
-             f"   labels themselves {f('rm/label_gold_accuracy')}",
-             f"  calibration (ECE vs gold) {f('rm/ece')}   corr(reward, length) {f('rm/length_corr')}"]
-    comps = sorted(k for k in d if k.startswith("rm/component/") and not k.endswith("/n"))
-    if comps:
-        lines.append("  gold accuracy on pairs differing in one component only: " +
-                     ", ".join(f"{k.split('/')[-1]} {d[k]:.3f} (n={d[k + '/n']})" for k in comps))
+    """The report a researcher reads first: the RM beside the length-only rule, on each set of pairs."""
+    lines = []
+    for prefix, title in (("rm/", "held-out demonstration pairs"), ("sft_pairs/", "pairs of two SFT samples on held-out prompts")):
+        if f"{prefix}n_pairs" not in d:
+            continue
+        f = lambda k: f"{d[prefix + k]:.3f}" if prefix + k in d and d[prefix + k] == d[prefix + k] else "n/a"  # noqa: E731
+        lines += [f"{title}: {d[prefix + 'n_pairs']}",
+                  f"  accuracy vs labels   RM {f('accuracy')}   length rule {f('length_rule_accuracy')}",
+                  f"  accuracy vs gold     RM {f('gold_accuracy')}   length rule {f('length_rule_gold_accuracy')}"
+                  f"   labels themselves {f('label_gold_accuracy')}",
+                  f"  calibration (ECE vs gold) {f('ece')}   corr(reward, length) {f('length_corr')}"]
+        comps = sorted(k for k in d if k.startswith(prefix + "component/") and not k.endswith("/n"))
+        if comps:
+            lines.append("  gold accuracy on pairs differing in one component only: " +
+                         ", ".join(f"{k.split('/')[-1]} {d[k]:.3f} (n={d[k + '/n']})" for k in comps))
     if "rm/gold_accuracy" not in d:
         lines.append("  no gold judge for this data: gold figures not available")
     return "\n".join(lines)

@@ -4,10 +4,13 @@ Shapes: B batch (pairs or prompts), k baseline samples per prompt, N items.
 """
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 
 from rlhf.metrics import expected_calibration_error, pearson
+from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response
 
 AGGREGATES = ("mean", "median", "max", "min")
@@ -144,3 +147,23 @@ def weak_rm_warning(diag: dict, margin: float = 0.03) -> str | None:
         return (f"it orders held-out pairs as the gold judge does only {acc:.1%} of the time (chance 50.0%, "
                 f"'longer wins' {rule:.1%}); PPO against it will mostly optimise noise or length")
     return None
+
+
+@torch.no_grad()
+def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+                        seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Two samples per prompt from `policy`, ordered by the task's simulated annotator -> (prompts,
+    chosen, rejected). Pairs of identical samples are dropped. This is the distribution PPO's RM meets
+    first (SFT samples), unlike the demonstration pairs it was trained on."""
+    roll = sample(policy, tok, [p for p in prompts for _ in range(2)], max_new_tokens, temperature=temperature,
+                  generator=torch.Generator().manual_seed(seed))
+    rng = random.Random(seed)
+    out = ([], [], [])
+    for i, p in enumerate(prompts):
+        a, b = roll.texts[2 * i], roll.texts[2 * i + 1]
+        if a == b:
+            continue
+        c, r = (a, b) if task.annotate(p, a, b, rng) == 0 else (b, a)
+        for lst, x in zip(out, (p, c, r)):
+            lst.append(x)
+    return out

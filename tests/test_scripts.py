@@ -99,6 +99,8 @@ def test_rm_learns_story_preferences(tmp_path):
     # 200 held-out pairs: chance is 0.5 with a standard error of 0.035; the length rule sits near 0.5
     assert d["rm/gold_accuracy"] > 0.58 and d["rm/gold_accuracy"] > d["rm/length_rule_gold_accuracy"] + 0.05
     assert d["rm/accuracy"] > 0.58
+    # the second set of diagnostics: pairs of two SFT samples on held-out prompts, labelled by the annotator
+    assert d["sft_pairs/n_pairs"] > 0 and 0.0 <= d["sft_pairs/length_rule_gold_accuracy"] <= 1.0
 
 
 def test_ppo_smoke_gold_reward_raises_score(algo):
