@@ -4,6 +4,9 @@ Usage:
     python train_rm.py --preset tiny --data data/story --sft runs/sft/ckpt --out runs/rm
     python train_rm.py ... --normalize        # shift/scale so held-out SFT-distribution rewards are N(0, 1)
     python train_rm.py ... --resume           # continue after a crash
+RLP (Lang et al. 2024), retraining on samples of the PPO policy (sample_baselines.py --k 10 --temperature 1.0):
+    python train_rm.py ... --policy-samples runs/policy_samples.jsonl --uml-weight 0.5   # RLP-UML: BT + 0.5 * MIB loss
+    python train_rm.py ... --policy-samples runs/policy_samples.jsonl --spg-gamma 0.5    # RLP-SPG: BT on human + synthetic pairs
 
 Chosen and rejected go through the model as one batch (one forward per step). A held-out split of
 the pairs gives the diagnostics printed at the end (see `rlhf.reward.rm_diagnostics`): accuracy against
@@ -23,12 +26,14 @@ import torch
 from tqdm import tqdm
 
 from rlhf import tasks
-from rlhf.checkpoint import load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf.checkpoint import check_state_dict, load_checkpoint, load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
 from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json
+from rlhf.evaluation import rm_pair_accuracy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.reward import bradley_terry_loss, pair_batch, policy_sample_pairs, rm_diagnostics, score_texts
+from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
 
 
 @dataclass
@@ -51,6 +56,14 @@ class Args:
     eval_every: int = field(default=100, metadata={"help": "held-out accuracy every N steps", "min": 1})
     n_policy_pairs: int = field(default=400, metadata={"help": "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", "min": 0})
     max_val_pairs: int = field(default=1000, metadata={"help": "cap on held-out pairs scored at each evaluation", "min": 1})
+    policy_samples: str | None = field(default=None, metadata={"help": "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)"})
+    uml_weight: float = field(default=0.0, metadata={"help": "RLP-UML: weight lambda of the MIB loss on two policy samples per prompt (paper 0.5; 0: off)", "min": 0.0})
+    uml_kl_weight: float = field(default=1.0, metadata={"help": "RLP-UML: weight of the symmetric KL inside L_M (paper 1; 0: multi-view InfoMax ablation)", "min": 0.0})
+    mib_lr: float = field(default=1e-3, metadata={"help": "RLP-UML: learning rate of the MIB heads and critic", "min": 0.0, "min_exclusive": True})
+    spg_gamma: float | None = field(default=None, metadata={"help": "RLP-SPG: confidence threshold for synthetic pairs (paper 0.5; 0: select-all ablation; unset: off)", "min": 0.0, "max": 1.0})
+    spg_random_pair: bool = field(default=False, metadata={"help": "RLP-SPG ablation: one random pair per prompt labelled by the previous RM"})
+    rm_init: str = field(default="sft", metadata={"help": "RLP: retrain from the SFT trunk (paper) or continue from --previous-rm", "choices": ["sft", "previous"]})
+    previous_rm: str | None = field(default=None, metadata={"help": "RLP: the first RM, with --rm-init previous"})
     normalize: bool = field(default=False, metadata={"help": "store shift/scale so held-out rewards have mean 0, std 1"})
     ckpt_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps", "min": 1})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
@@ -68,6 +81,14 @@ def main(argv=None):
     out, resuming = start_run(args)
     ckpt = out / "ckpt"
 
+    rlp = args.uml_weight > 0 or args.spg_gamma is not None or args.spg_random_pair
+    if rlp and args.policy_samples is None:
+        raise ValueError("--uml-weight, --spg-gamma and --spg-random-pair need --policy-samples FILE (sample_baselines.py)")
+    if args.uml_weight > 0 and (args.spg_gamma is not None or args.spg_random_pair):
+        raise ValueError("choose RLP-UML (--uml-weight) or RLP-SPG (--spg-gamma / --spg-random-pair), not both: the paper ran them separately")
+    if args.rm_init == "previous" and args.previous_rm is None:
+        raise ValueError("--rm-init previous needs --previous-rm CKPT")
+
     # 2. data: pairs (identical chosen/rejected skipped, counted), a seeded held-out split
     data = Path(args.data)
     pairs_path = Path(args.pairs) if args.pairs else data / "preferences.jsonl"
@@ -84,6 +105,26 @@ def main(argv=None):
     n_val = max(1, int(len(rows) * args.val_fraction))
     val = [rows[i] for i in perm[:n_val]][:args.max_val_pairs]
     train = [rows[i] for i in perm[n_val:]]
+    samples, held_samples, rlp_stats = [], [], {}
+    if args.policy_samples:  # RLP: 10% of the sampled prompts are kept aside to measure on-policy accuracy
+        samples = read_jsonl(args.policy_samples, "samples")
+        sperm = torch.randperm(len(samples), generator=torch.Generator().manual_seed(args.seed + 1)).tolist()
+        n_held = max(1, len(samples) // 10)
+        held_samples, samples = [samples[i] for i in sperm[:n_held]], [samples[i] for i in sperm[n_held:]]
+    if args.spg_gamma is not None or args.spg_random_pair:  # RLP-SPG: synthetic pairs join the human pairs
+        key = task.key if task is not None else normalised_key
+        syn = spg_pairs(samples, key, args.spg_gamma or 0.0, torch.Generator().manual_seed(args.seed + 2), args.spg_random_pair)
+        rlp_stats["rlp/spg_pairs"], rlp_stats["rlp/spg_acceptance"] = len(syn), len(syn) / max(1, len(samples))
+        if task is not None:
+            g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in syn]
+            decided = [a > b for a, b in g if a != b]
+            rlp_stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
+        print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
+              + (f", {rlp_stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them" if task else ""))
+        train = train + syn
+    uml = [r for r in samples if len(set(r["responses"])) >= 2] if args.uml_weight > 0 else []
+    if args.uml_weight > 0 and len(uml) < 2:
+        raise ValueError(f"{args.policy_samples}: RLP-UML needs at least 2 prompts with two different responses")
     N = len(train)
     steps = max(1, math.ceil(args.epochs * N / args.batch_size))
     print(f"{N} training pairs, {len(val)} held out, {steps} steps")
@@ -92,12 +133,21 @@ def main(argv=None):
     policy, tok, sft_cfg = load_model(args.sft, "policy")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
+    previous = load_model(args.previous_rm, "rm")[0] if args.previous_rm else None
+    if args.rm_init == "previous":
+        rm.load_state_dict(previous.state_dict())
+    aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
     policy.eval()  # kept: its samples make the second set of diagnostic pairs
     opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
-                          {"named": rm.head.named_parameters(), "lr": args.head_lr}], args.lr, args.weight_decay)
+                          {"named": rm.head.named_parameters(), "lr": args.head_lr}]
+                         + ([{"named": aux.named_parameters(), "lr": args.mib_lr}] if aux is not None else []), args.lr, args.weight_decay)
     start = 0
     if resuming:
         rm, _, _ = load_model(ckpt, "rm", into=rm)
+        if aux is not None:
+            aux_state, _ = load_checkpoint(out / "aux_ckpt", expected_kind="aux")
+            check_state_dict(aux_state, aux, out / "aux_ckpt")
+            aux.load_state_dict(aux_state)
         train_state = load_train_state(ckpt, opt)
         set_rng_state(train_state["rng"])
         start = train_state["step"]
@@ -106,6 +156,8 @@ def main(argv=None):
                    "task": sft_cfg.get("task"), "stage": "rm"}
 
     def save(step: int):
+        if aux is not None:  # the MIB heads and critic, so a resumed UML run continues them
+            save_checkpoint(out / "aux_ckpt", aux.state_dict(), {"stage": "rlp-uml"}, kind="aux")
         save_checkpoint(ckpt, rm.state_dict(), ckpt_config, kind="rm", tokenizer_json=tok.to_json(),
                         optimizer=opt, train_state={"step": step, "rng": rng_state()})
 
@@ -125,12 +177,24 @@ def main(argv=None):
     pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps)
     for step in pbar:
         batch = [train[epoch_order(pos // N)[pos % N]] for pos in range(step * args.batch_size, (step + 1) * args.batch_size)]
-        ids, mask = pair_batch(tok, [r["prompt"] for r in batch], [r["chosen"] for r in batch], [r["rejected"] for r in batch])
+        p, c, rj = [r["prompt"] for r in batch], [r["chosen"] for r in batch], [r["rejected"] for r in batch]
+        B, U = len(batch), (args.batch_size if aux is not None else 0)
+        if U:  # RLP-UML: two different policy samples of U prompts ride in the same forward as the pairs
+            g = torch.Generator().manual_seed(args.seed * 1000003 + step)
+            for i in torch.randint(len(uml), (U,), generator=g).tolist():
+                ys = list(dict.fromkeys(uml[i]["responses"]))
+                a, b = torch.randperm(len(ys), generator=g)[:2].tolist()
+                p, c, rj = p + [uml[i]["prompt"]], c + [ys[a]], rj + [ys[b]]
+        ids, mask = pair_batch(tok, p, c, rj)  # rows: B chosen, U view-1, B rejected, U view-2
         margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if any("margin" in r for r in batch) else None
         set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
-        r = rm.score(ids, mask)  # (2B,)
-        chosen, rejected = r[:len(batch)], r[len(batch):]
-        loss = bradley_terry_loss(chosen, rejected, margin)
+        r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
+        chosen, rejected = r[:B], r[B + U:2 * B + U]
+        bt = bradley_terry_loss(chosen, rejected, margin)
+        loss, mib_stats = bt, {}
+        if U:  # RLP-UML: L = L_BT + lambda * L_M
+            l_m, mib_stats = mib_loss(h[B:B + U], h[2 * B + U:], aux["heads"], aux["critic"], args.uml_kl_weight, g)
+            loss = bt + args.uml_weight * l_m
         if not torch.isfinite(loss):
             raise SystemExit(f"error: RM loss is {loss.item()} at step {step + 1}; the last good checkpoint is {ckpt}")
         opt.zero_grad(set_to_none=True)
@@ -138,8 +202,9 @@ def main(argv=None):
         torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         opt.step()
         acc = (chosen > rejected).float().mean().item()
-        log = {"rm/loss": loss.item(), "rm/train_accuracy": acc, "rm/lr": opt.param_groups[0]["lr"],
-               "rm/pairs_per_s": (step + 1 - start) * args.batch_size / max(time.time() - t0, 1e-9)}
+        log = {"rm/loss": bt.item(), "rm/train_accuracy": acc, "rm/lr": opt.param_groups[0]["lr"],
+               "rm/pairs_per_s": (step + 1 - start) * args.batch_size / max(time.time() - t0, 1e-9),
+               **{f"rlp/mib_{k}": v.item() for k, v in mib_stats.items()}}
         if (step + 1) % args.eval_every == 0 and step + 1 < steps:
             log.update({f"val/{k[3:]}": v for k, v in evaluate().items()})
             tqdm.write(f"step {step + 1:5d} | loss {loss.item():.4f} | val acc {log['val/accuracy']:.3f}"
@@ -166,6 +231,20 @@ def main(argv=None):
         p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed)
         s = score_texts(rm, tok, p + p, c + r)
         diag.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
+    if held_samples and task is not None:
+        # RLP: the RM's accuracy against gold on pairs of held-out policy samples, before (the rewards in the
+        # samples file, from the previous RM) and after retraining (this RM)
+        hp = [(r["prompt"], r["responses"][0], r["responses"][1], r["rewards"][0], r["rewards"][1]) for r in held_samples
+              if len(r["responses"]) >= 2 and r["responses"][0] != r["responses"][1]]
+        ga = [task.gold(x[0], x[1]) for x in hp]
+        gb = [task.gold(x[0], x[2]) for x in hp]
+        s = score_texts(rm, tok, [x[0] for x in hp] * 2, [x[1] for x in hp] + [x[2] for x in hp])
+        before, n_hp = rm_pair_accuracy([x[3] for x in hp], [x[4] for x in hp], ga, gb)
+        after, _ = rm_pair_accuracy(s[:len(hp)].tolist(), s[len(hp):].tolist(), ga, gb)
+        rlp_stats.update({"rlp/onpolicy_gold_accuracy_before": before, "rlp/onpolicy_gold_accuracy_after": after,
+                          "rlp/onpolicy_pairs": n_hp})
+        print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}")
+    diag.update(rlp_stats)
     diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
     ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
     save(steps)

@@ -36,7 +36,7 @@ import torch
 
 from rlhf.data import DataError, atomic_write_bytes, fsync_dir, read_json, write_json
 
-KINDS = ("policy", "rm", "value")
+KINDS = ("policy", "rm", "value", "aux")  # aux: extra trainable parts (e.g. RLP-UML heads)
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"}
 _PICKLE_MSG = ("looks like a pickle file; this project loads safetensors + JSON only, never pickle, "
                "so no code runs on load")

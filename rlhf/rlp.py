@@ -184,3 +184,38 @@ def synthetic_preferences(keys: list[list[str]], rewards, gamma: float,
         rejected = others[int(torch.randint(len(others), (1,), generator=generator).item())]
         out.append((p, chosen, rejected))
     return out
+
+
+def normalised_key(prompt: str, response: str) -> str:
+    """Equivalence key for data without a task: exact match after lower-casing and collapsing spaces."""
+    return " ".join(response.lower().split())
+
+
+def spg_pairs(rows: list[dict], key, gamma: float, generator: torch.Generator,
+              random_pair: bool = False) -> list[dict]:
+    """Synthetic preference pairs from policy samples (rows in the samples format, `rewards` from the
+    previous RM) as {prompt, chosen, rejected} records ready to append to the human pairs.
+
+    key(prompt, response) -> str clusters equivalent responses (the task's key, or normalised_key).
+    random_pair: the paper's ablation "RM-labelled pair": two distinct responses at random, the one the
+    previous RM scores higher is chosen (no clustering, no confidence filter).
+    """
+    if random_pair:
+        out = []
+        for r in rows:
+            if len(set(r["responses"])) < 2:
+                continue
+            while True:
+                i, j = torch.randint(len(r["responses"]), (2,), generator=generator).tolist()
+                if r["responses"][i] != r["responses"][j]:
+                    break
+            c, rej = (i, j) if r["rewards"][i] >= r["rewards"][j] else (j, i)
+            out.append({"prompt": r["prompt"], "chosen": r["responses"][c], "rejected": r["responses"][rej]})
+        return out
+    ns = {len(r["responses"]) for r in rows}
+    if len(ns) != 1:
+        raise ValueError(f"policy samples must have the same number of responses per prompt (got {sorted(ns)})")
+    keys = [[key(r["prompt"], y) for y in r["responses"]] for r in rows]
+    rewards = torch.tensor([r["rewards"] for r in rows], dtype=torch.float32)
+    return [{"prompt": rows[p]["prompt"], "chosen": rows[p]["responses"][c], "rejected": rows[p]["responses"][rej]}
+            for p, c, rej in synthetic_preferences(keys, rewards, gamma, generator)]
