@@ -91,7 +91,7 @@ class Stages:
         cmd = {"script": script, "argv": argv}
         done, pending = self.out / "stages" / f"{name}.json", self.out / "stages" / f"{name}.pending.json"
         self.bar.set_description(f"reproduce [{name}]")
-        if done.exists() and read_json(done) == cmd and out.exists():
+        if done.exists() and {k: read_json(done).get(k) for k in cmd} == cmd and out.exists():
             self.reused += 1
             self.bar.update(1)
             return out
@@ -345,7 +345,13 @@ def main(argv=None):
                "wall_seconds_this_call": round(wall, 1), "stages_run": st.ran, "stages_reused": st.reused}
     if levels:
         noise = {lvl: summarise(v) for lvl, v in noise_evals.items() if any(v.values())}
-        nmd = "".join(f"\n### label-flip rate {lvl}\n\n" + table({LABELS[m]: s for m, s in v.items()}) for lvl, v in noise.items())
+        pivot = ["| method | " + " | ".join(f"flip {lvl}" for lvl in noise) + " |", "|---|" + "---|" * len(noise)]
+        for m in dict.fromkeys(m for v in noise.values() for m in v):
+            cells = [f"{v[m]['gold/win_rate']['mean']:.3f} ± {v[m]['gold/win_rate']['std']:.3f}" if m in v else "-" for v in noise.values()]
+            pivot.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+        nmd = ("gold win rate vs SFT at each annotator label-flip rate (same prompts and demonstrations, same SFT policy; "
+               "labels, RM and every later stage rerun)\n\n" + "\n".join(pivot) + "\n" +
+               "".join(f"\n### label-flip rate {lvl}\n\n" + table({LABELS[m]: s for m, s in v.items()}) for lvl, v in noise.items()))
         write_text(out / "noise_table.md", header + nmd)
         write_json(out / "noise.json", {str(k): v for k, v in noise.items()})
         results["noise"] = {str(k): v for k, v in noise.items()}
