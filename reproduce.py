@@ -27,6 +27,7 @@ Each stage's output goes to OUT/logs/<stage>.log; a failing stage stops the run 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import shutil
@@ -81,6 +82,7 @@ class Stages:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc="reproduce", unit="stage")
         self.ran, self.reused = 0, 0
+        self.versions: dict[str, str] = {}  # output path -> hash of the command (and inputs) that made it
 
     def __call__(self, name: str, script: str, *argv, out: Path, kind: str = "train") -> Path:
         """Run `python script argv` unless its record says this exact command already finished.
@@ -88,9 +90,12 @@ class Stages:
         argv = [str(a) for a in argv]
         if self.threads and kind != "data":
             argv += ["--threads", str(self.threads)]
-        cmd = {"script": script, "argv": argv}
+        # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
+        inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
+        cmd = {"script": script, "argv": argv, "inputs": inputs}
         done, pending = self.out / "stages" / f"{name}.json", self.out / "stages" / f"{name}.pending.json"
         self.bar.set_description(f"reproduce [{name}]")
+        self.versions[str(out)] = hashlib.sha256(json.dumps(cmd, sort_keys=True).encode()).hexdigest()[:16]
         if done.exists() and {k: read_json(done).get(k) for k in cmd} == cmd and out.exists():
             self.reused += 1
             self.bar.update(1)

@@ -1,6 +1,7 @@
 """reproduce.py end to end at the smoke size: every method gets a finite row; a second call reuses every stage."""
 import json
 import math
+from pathlib import Path
 
 from helpers import run
 
@@ -39,3 +40,41 @@ def test_reproduce_rejects_unknown_method(tmp_path):
     assert p.returncode != 0 and "--methods" in p.stderr + p.stdout and "dpo" in p.stderr + p.stdout
     p = run("reproduce.py", "--noise-sweep", "--noise-levels", "0.1,0.9", "--out", str(tmp_path / "y"), check=False)
     assert p.returncode != 0 and "[0, 0.5]" in p.stderr + p.stdout
+
+
+def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch):
+    """Stage b reads a's output: changing a's command reruns both; the same commands again rerun nothing."""
+    import sys
+    from helpers import ROOT
+    sys.path.insert(0, str(ROOT))
+    import reproduce
+
+    calls, full = [], []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd[1])
+        full.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        return type("R", (), {"returncode": 0})()
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+
+    def pipeline(lr):
+        st = reproduce.Stages(tmp_path, 2, 0)
+        a = st("a", "a.py", "--lr", lr, "--out", tmp_path / "A", out=tmp_path / "A")
+        st("b", "b.py", "--in", a / "ckpt", "--out", tmp_path / "B", out=tmp_path / "B")
+        st.bar.close()
+        return st.ran, st.reused
+
+    assert pipeline(1) == (2, 0)
+    assert pipeline(1) == (0, 2)
+    assert pipeline(2) == (2, 0) and calls[-2:] == ["a.py", "b.py"]
+    # an interrupted stage (its pending record, no done record) reruns with --resume when its command is the same
+    done = reproduce.read_json(tmp_path / "stages" / "b.json")
+    (tmp_path / "stages" / "b.json").unlink()
+    reproduce.write_json(tmp_path / "stages" / "b.pending.json", {k: done[k] for k in ("script", "argv", "inputs")})
+    assert pipeline(2) == (1, 1) and full[-1][-1] == "--resume"
+    (tmp_path / "stages" / "b.json").unlink()  # killed again, but now with other settings: start it over
+    reproduce.write_json(tmp_path / "stages" / "b.pending.json", {"script": "b.py", "argv": [], "inputs": []})
+    assert pipeline(2) == (1, 1) and full[-1][-1] == "--overwrite"
