@@ -28,6 +28,7 @@ from rlhf.checkpoint import load_model
 from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_everything
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+from rlhf.sampling import check_prompts_fit
 
 
 @dataclass
@@ -89,9 +90,7 @@ def main(argv=None):
         print("no gold judge for this data (no meta.json): reporting RM-based figures only")
     longest = max(len(ids) for ids in tok.encode_prompts(prompts))
     max_new = args.max_new_tokens or min(96, policy.config.block_size - longest)
-    if max_new < 1:
-        raise ValueError(f"the longest prompt is {longest} tokens and fills the policy's context "
-                         f"({policy.config.block_size}); no room for a response")
+    check_prompts_fit(tok, prompts, policy.config.block_size, max(max_new, 1), prompts_path)  # names the file and line
     print(f"{len(prompts)} prompts from {prompts_path}, up to {max_new} new tokens, temperature {args.temperature}")
 
     # 4. evaluate: sample, score, compare with the reference
@@ -99,15 +98,15 @@ def main(argv=None):
                                        temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
                                        best_of_n=args.best_of_n)
 
-    # 5. write the metrics and the samples
+    # 5. write the samples, then the metrics (each atomically; a metrics file on disk means a finished evaluation)
     out = Path(args.out)
-    write_json(out, {"name": name, "args": config_to_dict(args), "max_new_tokens": max_new, **metrics})
     samples_path = out.with_name(out.stem + ".samples.jsonl")
     key = "gold" if task is not None else ("proxy" if rm is not None else None)
     write_jsonl(samples_path, [{"prompt": s["prompt"], "responses": [s["response"]],
                                 "rewards": [s[key]] if key else [],
                                 **{k: v for k, v in s.items() if k not in ("prompt", "response")}} for s in samples],
                 kind="samples" if key else None)
+    write_json(out, {"name": name, "args": config_to_dict(args), "max_new_tokens": max_new, **metrics})
     for s in samples[:3]:
         print(f"  prompt: {s['prompt']}\n  response: {s['response']}\n  "
               + "  ".join(f"{k} {s[k]:.3f}" for k in ("gold", "proxy", "kl") if k in s))

@@ -26,7 +26,7 @@ from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_
 from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.reward import score_texts
-from rlhf.sampling import sample
+from rlhf.sampling import check_prompts_fit, sample
 
 
 @dataclass
@@ -62,7 +62,9 @@ def main(argv=None):
     policy.eval(), rm.eval()
 
     # 2. prompts, and what a partial output already holds
-    prompts = list(dict.fromkeys(r["prompt"] for r in read_jsonl(args.prompts, "prompts")))  # distinct, in order
+    prompts = [r["prompt"] for r in read_jsonl(args.prompts, "prompts")]
+    check_prompts_fit(tok, prompts, policy.config.block_size, args.max_new_tokens, args.prompts)
+    prompts = list(dict.fromkeys(prompts))  # distinct, in order
     settings = {k: v for k, v in config_to_dict(args).items() if k in _SAME} | {"tokenizer": tok.fingerprint}
     done = set()
     if out.exists():

@@ -15,6 +15,12 @@ loss (weighted by --vf-coef) trains the shared trunk too.
 
 Departures from the papers (see README): the reward is read once at EOS; a response that never
 emits EOS gets --missing-eos-penalty as its score when set (AlpacaFarm's fixed negative reward).
+
+Data-parallel (`torchrun --nproc_per_node N train_ppo.py ...`, rlhf/distributed.py): each rank samples
+--batch-size rollouts of its own prompts with its own noise, so an iteration sees N * batch_size rollouts;
+reward and advantage whitening and the KL controller use statistics over all ranks, gradients are
+averaged over ranks, other logged statistics are means of per-rank values; rank 0 alone runs the held-out
+evaluation, prints and writes checkpoints and metrics.
 """
 from __future__ import annotations
 
@@ -25,16 +31,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlhf import tasks
-from rlhf.checkpoint import check_state_dict, load_checkpoint, load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf import distributed, tasks
+from rlhf.checkpoint import (check_state_dict, drop_previous, find_companion, last_good, load_checkpoint, load_model, load_train_state,
+                             rng_state, save_checkpoint, save_companion, set_rng_state)
 from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_mean, masked_var, policy_loss, shaped_rewards, value_loss, whiten
+from rlhf.ppo_update import ppo_update
+from rlhf.precision import autocast, maybe_compile
+from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_var, shaped_rewards
 from rlhf.reward import contrastive_reward, score_texts, weak_rm_warning
-from rlhf.sampling import response_logprobs, response_values, sample
+from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
 
 @dataclass
@@ -49,7 +58,7 @@ class Args:
     preset: str = field(default="tiny", metadata={"help": "preset; explicit flags override it"})
     seed: int = field(default=0, metadata={"help": "fixes prompts order, sampling and minibatches"})
     steps: int = field(default=100, metadata={"help": "PPO iterations", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "rollouts per iteration", "min": 2})
+    batch_size: int = field(default=64, metadata={"help": "rollouts per iteration (per rank under torchrun)", "min": 2})
     minibatches: int = field(default=2, metadata={"help": "minibatches per PPO epoch (must divide batch_size)", "min": 1})
     ppo_epochs: int = field(default=2, metadata={"help": "passes over each batch of rollouts", "min": 1})
     lr: float = field(default=3e-5, metadata={"help": "policy learning rate", "min": 0.0, "min_exclusive": True})
@@ -79,6 +88,8 @@ class Args:
     sample_every: int = field(default=10, metadata={"help": "print one rollout every N iterations", "min": 1})
     ckpt_every: int = field(default=20, metadata={"help": "save a resumable checkpoint every N iterations", "min": 1})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    dtype: str = field(default="fp32", metadata={"help": "forward passes in fp32, or under bf16 autocast (log-probs, ratios, losses stay fp32)", "choices": ["fp32", "bf16"]})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks (slow first iteration; see README performance)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
 
@@ -112,6 +123,8 @@ def main(argv=None):
 
     # models: policy and frozen reference from SFT, frozen RM, value model from the RM or SFT
     policy, tok, _ = load_model(args.sft, "policy")
+    for name, ps in (("prompts_rl.jsonl", rl_prompts), ("prompts_eval.jsonl", eval_prompts)):  # fail now, not at iteration 37
+        check_prompts_fit(tok, ps, policy.config.block_size, args.max_new_tokens, data / name)
     ref, ref_tok, _ = load_model(args.sft, "policy")
     ref.eval().requires_grad_(False)
     rm = None
@@ -139,25 +152,32 @@ def main(argv=None):
         opt = make_optimizer(policy.named_parameters(), args.lr)
     vopt = None if shared else make_optimizer(value.named_parameters(), args.vf_lr)
     optimizers = [o for o in (opt, vopt) if o is not None]
+    for m in (policy, ref, rm, value):  # --compile: the blocks of every model, in place (rlhf.precision)
+        if m is not None:
+            maybe_compile(m, args.compile)
     kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.kl_target else FixedKLController(args.kl_coef)
     start = 0
     if resuming:
         load_model(ckpt, "policy", into=policy)
-        vstate_dict, _ = load_checkpoint(vckpt, expected_kind="value")
-        check_state_dict(vstate_dict, value, vckpt)
+        state = load_train_state(ckpt, opt)
+        vat = find_companion(vckpt, state["step"])  # value_ckpt, or value_ckpt.prev after a crash between the two saves
+        vstate_dict, _ = load_checkpoint(vat, expected_kind="value")
+        check_state_dict(vstate_dict, value, vat)
         value.load_state_dict(vstate_dict)
-        state, vstate = load_train_state(ckpt, opt), load_train_state(vckpt, vopt)
-        if state["step"] != vstate["step"]:
-            raise ValueError(f"{ckpt} is at iteration {state['step']} but {vckpt} at {vstate['step']}: rerun with --overwrite")
+        load_train_state(vat, vopt)
         set_rng_state(state["rng"])
         kl_ctl.value, start = state["kl_coef"], state["step"]
         print(f"resumed from {ckpt} at iteration {start}")
+    distributed.broadcast_params(policy, value)  # rank 0's weights (and fresh value head) on every rank
     ckpt_config = {"model": policy.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint, "stage": "ppo"}
 
     def save(step: int):
+        if not distributed.is_main():
+            return
         train_state = {"step": step, "rng": rng_state(), "kl_coef": kl_ctl.value}
-        save_checkpoint(vckpt, value.state_dict(), ckpt_config, kind="value", tokenizer_json=tok.to_json(), optimizer=vopt, train_state=train_state)
+        save_companion(vckpt, value.state_dict(), ckpt_config, kind="value", tokenizer_json=tok.to_json(), optimizer=vopt, train_state=train_state)
         save_checkpoint(ckpt, policy.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(), optimizer=opt, train_state=train_state)
+        drop_previous(vckpt)  # the policy checkpoint is the commit point: until here value_ckpt.prev matches it
 
     def score(prompts, texts, stopped):
         if args.reward == "gold":
@@ -180,15 +200,16 @@ def main(argv=None):
 
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
     ref_texts = None
-    if start == 0:
+    if start == 0 and distributed.is_main():
         m, ref_texts = evaluate(None)
         metrics.log(0, m)
         print("before PPO: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
-    B, mb = args.batch_size, args.batch_size // args.minibatches
-    pbar = tqdm(range(start, args.steps), desc="ppo", initial=start, total=args.steps)
+    B = args.batch_size
+    pbar = tqdm(range(start, args.steps), desc="ppo", initial=start, total=args.steps, disable=not distributed.is_main())
     for step in pbar:
         t = {"start": time.time()}
-        g = torch.Generator().manual_seed(args.seed * 1000003 + step)  # prompts, sampling and minibatches of this iteration
+        # prompts, sampling and minibatches of this iteration (each rank its own stream; rank 0's is the single-process one)
+        g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
         lr_f = lr_factor(step, args.steps, 0, args.lr_schedule)
         for o in optimizers:
             set_lr(o, lr_f)
@@ -196,16 +217,18 @@ def main(argv=None):
         # 1. sample responses
         policy.eval()
         prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (B,), generator=g).tolist()]
-        roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
+        with autocast(args.dtype, policy.wte.weight.device):
+            roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
         q, qm, r, rmask = roll.query_ids, roll.query_mask, roll.response_ids, roll.response_mask
         t["rollout"] = time.time()
 
         # 2. score
-        scores = score(prompts, roll.texts, roll.stopped)  # (B,)
+        with autocast(args.dtype, policy.wte.weight.device):
+            scores = score(prompts, roll.texts, roll.stopped)  # (B,)
         t["score"] = time.time()
 
         # 3. log-probs of the sampled tokens under policy and reference; values
-        with torch.no_grad():
+        with torch.no_grad(), autocast(args.dtype, policy.wte.weight.device):
             if shared:  # one forward of the policy gives both
                 old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value)
             else:
@@ -217,46 +240,30 @@ def main(argv=None):
         # 4. KL-shaped rewards and GAE
         rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
         if args.whiten_rewards:
-            rewards = whiten(rewards, rmask, shift_mean=False)
+            rewards = distributed.whiten(rewards, rmask, shift_mean=False)  # rlhf.ppo.whiten over all ranks' rollouts
         advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
         adv_var = masked_var(advantages, rmask).item()
         if args.whiten_advantages:
-            advantages = whiten(advantages, rmask)
-        for name, x in (("scores", scores), ("rewards", rewards), ("advantages", advantages)):
+            advantages = distributed.whiten(advantages, rmask)
+        for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
+                        ("scores", scores), ("rewards", rewards), ("advantages", advantages)):
             if not torch.isfinite(x).all():
-                raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; the last good checkpoint is {ckpt}")
+                raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; {last_good(ckpt)}")
 
-        # 5. PPO epochs over minibatches
-        policy.train(), value.train()
-        stats = []
-        for _ in range(args.ppo_epochs):
-            for idx in torch.randperm(B, generator=g).split(mb):
-                if shared:  # one forward: log-probs, entropy and values from the same hidden states
-                    logprobs, entropy, vpred = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature,
-                                                                 return_entropy=True, value_head=value)
-                else:
-                    logprobs, entropy = response_logprobs(policy, q[idx], qm[idx], r[idx], rmask[idx], args.temperature, return_entropy=True)
-                    vpred = response_values(value, q[idx], qm[idx], r[idx], rmask[idx])
-                pg_loss, pg_stats = policy_loss(logprobs, old_logprobs[idx], advantages[idx], rmask[idx], args.cliprange)
-                vf_loss, vf_stats = value_loss(vpred, old_values[idx], returns[idx], rmask[idx], args.cliprange_value)
-                loss = pg_loss + args.vf_coef * vf_loss
-                if not torch.isfinite(loss):
-                    raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; the last good checkpoint is {ckpt}")
-                for o in optimizers:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for model in (policy, value):
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
-                for o in optimizers:
-                    o.step()
-                stats.append({"pg": pg_loss.item(), "vf": vf_loss.item(), "clip": pg_stats["clipfrac"].item(),
-                              "akl": pg_stats["approxkl"].item(), "vclip": vf_stats["clipfrac"].item(),
-                              "ent": masked_mean(entropy, rmask[idx]).item()})
+        # 5. PPO epochs over minibatches (rlhf.ppo_update: the clipped losses of rlhf.ppo, one forward per model per minibatch)
+        try:
+            stats = ppo_update(policy, value, optimizers, q, qm, r, rmask, old_logprobs, old_values, advantages, returns,
+                               ppo_epochs=args.ppo_epochs, minibatches=args.minibatches, cliprange=args.cliprange,
+                               cliprange_value=args.cliprange_value, vf_coef=args.vf_coef, temperature=args.temperature,
+                               grad_clip=args.grad_clip, generator=g, shared=shared, dtype=args.dtype,
+                               grad_hook=distributed.all_reduce_grads)
+        except FloatingPointError:
+            raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; {last_good(ckpt)}")
         t["update"] = time.time()
 
         # 6. log
-        kl = ((old_logprobs - ref_logprobs) * rmask).sum(1).mean().item()  # sequence KL estimate (k1) on the rollouts
-        kl_ctl.update(kl, B)
+        kl = distributed.all_reduce_mean(((old_logprobs - ref_logprobs) * rmask).sum(1).mean()).item()  # sequence KL (k1), all rollouts
+        kl_ctl.update(kl, B * distributed.world_size())
         mean = lambda k: sum(s[k] for s in stats) / len(stats)  # noqa: E731
         explained = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
         log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value,
@@ -266,7 +273,8 @@ def main(argv=None):
                "ppo/stopped": roll.stopped.float().mean().item()}
         stages = ["start", "rollout", "score", "forward", "update"]
         log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+        log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
+        if ((step + 1) % args.eval_every == 0 or step + 1 == args.steps) and distributed.is_main():
             m, ref_texts = evaluate(ref_texts)
             log.update(m)
             tqdm.write(f"iter {step + 1:4d} | score {log['objective/score']:.3f} | kl {kl:.2f} | " +

@@ -4,6 +4,8 @@ Usage:
     python prepare_data.py --task story --out data/story
     python train_sft.py --preset tiny --data data/story --out runs/sft      # a few minutes on 2 CPU cores
     python train_sft.py --preset tiny --data data/story --out runs/sft --resume   # continue after a crash
+    python train_sft.py --init-from models/gpt2 --block-size 256 --data my_data --out runs/sft   # a GPT-2-format model from disk
+    torchrun --nproc_per_node 2 train_sft.py ...   # data-parallel; --batch-size is per rank (rlhf/distributed.py)
 
 Writes into --out: config.json, metrics.jsonl (sft/*, gold/*), ckpt/ (model.safetensors, config.json,
 tokenizer.json, optimizer.safetensors, state.json), eval.json and samples.jsonl (eval prompts sampled
@@ -20,12 +22,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlhf import tasks
-from rlhf.checkpoint import load_checkpoint, load_tokenizer_json, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf import distributed, tasks
+from rlhf.checkpoint import check_state_dict, last_good, load_checkpoint, load_tokenizer, load_train_state, rng_state, save_checkpoint, set_rng_state
 from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
+from rlhf.gpt2 import load_gpt2
 from rlhf.model import GPT, GPTConfig
 from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.precision import autocast, maybe_compile
 from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response, sft_loss
 from rlhf.tokenizer import Tokenizer
@@ -37,6 +41,7 @@ class Args:
     out: str = field(default="runs/sft", metadata={"help": "run directory"})
     preset: str = field(default="tiny", metadata={"help": "size preset; explicit flags override it"})
     seed: int = field(default=0, metadata={"help": "fixes initialisation, data order, dropout and sampling"})
+    init_from: str | None = field(default=None, metadata={"help": "start from a GPT-2-format model: a directory with model.safetensors and tokenizer.json (rlhf/gpt2.py); its sizes and tokenizer replace --vocab-size, --n-layer, --n-head, --n-embd"})
     vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size (specials and 256 bytes included)", "min": 260})
     n_layer: int = field(default=4, metadata={"help": "transformer blocks", "min": 1})
     n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1})
@@ -44,7 +49,7 @@ class Args:
     block_size: int = field(default=128, metadata={"help": "context length (prompt + response tokens)", "min": 8})
     dropout: float = field(default=0.0, metadata={"help": "dropout probability", "min": 0.0, "max": 0.99})
     steps: int = field(default=340, metadata={"help": "optimiser steps", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "sequences per step (per rank under torchrun)", "min": 1})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate", "min": 0.0, "min_exclusive": True})
     lr_schedule: str = field(default="cosine", metadata={"help": "decay after warm-up", "choices": ["constant", "linear", "cosine"]})
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
@@ -56,6 +61,8 @@ class Args:
     max_new_tokens: int = field(default=96, metadata={"help": "longest sampled response", "min": 1})
     temperature: float = field(default=0.7, metadata={"help": "sampling temperature for the final evaluation", "min": 0.0})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    dtype: str = field(default="fp32", metadata={"help": "forward passes in fp32, or under bf16 autocast (losses stay fp32)", "choices": ["fp32", "bf16"]})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks (slow first steps; see README performance)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
 
@@ -78,10 +85,17 @@ def main(argv=None):
     rows = read_jsonl(data / "sft.jsonl", "sft")
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
     task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    pretrained = None
+    if args.init_from:  # also when resuming: it gives the model's shape (its weights are then replaced)
+        pretrained, tok = load_gpt2(args.init_from, block_size=args.block_size, dropout=args.dropout)
     if resuming:
-        tok = Tokenizer.from_json(load_tokenizer_json(ckpt))
-    else:
-        tok = Tokenizer.train((t for r in rows for t in (r["prompt"], r["response"])), vocab_size=args.vocab_size)
+        tok = load_tokenizer(ckpt)
+    elif pretrained is None:  # trained on rank 0 and sent to the others, so every rank has the very same one
+        tok = None
+        if distributed.is_main():
+            tok = Tokenizer.train((t for r in rows for t in (r["prompt"], r["response"])), vocab_size=args.vocab_size)
+        if distributed.world_size() > 1:
+            tok = Tokenizer.from_json(distributed.broadcast_str(tok.to_json() if tok else None))
     prompt_ids = tok.encode_prompts([r["prompt"] for r in rows])
     response_ids = tok.encode_responses([r["response"] for r in rows])
     keep = [i for i in range(len(rows)) if len(prompt_ids[i]) + len(response_ids[i]) <= args.block_size]
@@ -100,46 +114,58 @@ def main(argv=None):
     def batch_indices(step: int) -> list[int]:
         """Deterministic in (seed, step), so a resumed run sees the same batches: epoch e is a
         permutation seeded by (seed, e), read in order."""
-        return [epoch_order(pos // N)[pos % N] for pos in range(step * args.batch_size, (step + 1) * args.batch_size)]
+        return [epoch_order(pos // N)[pos % N] for pos in distributed.batch_positions(step, args.batch_size)]
 
     # 3. model and optimiser
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                     n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
-    model = GPT(mcfg)
+    if pretrained is not None:
+        model, mcfg = pretrained, pretrained.config
+    else:
+        mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
+        model = GPT(mcfg)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {N} demonstrations, vocab {tok.vocab_size}")
     opt = make_optimizer(model.named_parameters(), args.lr, args.weight_decay)
+    maybe_compile(model, args.compile)  # --compile: its blocks, in place
     start = 0
     if resuming:
         state, _ = load_checkpoint(ckpt, expected_kind="policy")
+        check_state_dict(state, model, ckpt)  # resumed with other sizes: a CheckpointError, not torch's traceback
         model.load_state_dict(state)
         train_state = load_train_state(ckpt, opt)
         set_rng_state(train_state["rng"])
         start = train_state["step"]
         print(f"resumed from {ckpt} at step {start}")
+    distributed.broadcast_params(model)  # every rank starts from rank 0's weights, as DDP does
     ckpt_config = {"model": mcfg.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint,
                    "task": meta and {"name": meta["task"], "seed": meta["seed"]}, "stage": "sft"}
 
     def save(step: int):
-        save_checkpoint(ckpt, model.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(),
-                        optimizer=opt, train_state={"step": step, "rng": rng_state()})
+        if distributed.is_main():
+            save_checkpoint(ckpt, model.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(),
+                            optimizer=opt, train_state={"step": step, "rng": rng_state()})
 
     # 4. training loop
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
     model.train()
     t0, tokens = time.time(), 0
-    pbar = tqdm(range(start, args.steps), desc="sft", initial=start, total=args.steps)
+    pbar = tqdm(range(start, args.steps), desc="sft", initial=start, total=args.steps, disable=not distributed.is_main())
     for step in pbar:
         idx = batch_indices(step)
         ids, mask, rmask = join_prompt_response([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], tok.pad_id)
         set_lr(opt, lr_factor(step, args.steps, args.warmup_steps, args.lr_schedule))
-        loss = sft_loss(model(ids, mask), ids, rmask)
+        with autocast(args.dtype, ids.device):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
+            logits = model(ids, mask)
+        # under torchrun: weighted so that the averaged gradient is that of the loss over the global batch's tokens
+        local = sft_loss(logits, ids, rmask) * distributed.mean_weight(rmask[:, 1:].sum())
+        loss = distributed.all_reduce_mean(local.detach())  # the global batch's loss (the local one in one process)
         if not torch.isfinite(loss):
-            raise SystemExit(f"error: SFT loss is {loss.item()} at step {step + 1}; the last good checkpoint is {ckpt}")
+            raise SystemExit(f"error: SFT loss is {loss.item()} at step {step + 1}; {last_good(ckpt)}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        local.backward()
+        distributed.all_reduce_grads(model.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         opt.step()
-        tokens += int(mask.sum())
+        tokens += int(distributed.all_reduce_sum(mask.sum()))
         elapsed = time.time() - t0
         metrics.log(step + 1, {"sft/loss": loss.item(), "sft/lr": opt.param_groups[0]["lr"],
                                "sft/grad_norm": gnorm.item(), "sft/tokens_per_s": tokens / max(elapsed, 1e-9)})
@@ -150,6 +176,8 @@ def main(argv=None):
         if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps:
             save(step + 1)
     train_time = time.time() - t0
+    if not distributed.is_main():  # rank 0 alone evaluates and writes the report
+        return
 
     # 5. evaluate: sample the held-out prompts, score with the gold judge
     report = {"steps": args.steps, "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9)}

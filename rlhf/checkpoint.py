@@ -13,6 +13,9 @@ A checkpoint is a directory:
 Crash safety: everything is written into "<path>.tmp" and fsynced; then "<path>" is renamed to
 "<path>.old", "<path>.tmp" to "<path>", and "<path>.old" is removed. At every instant a complete
 checkpoint exists at "<path>" or "<path>.old", and load_checkpoint falls back to the latter.
+A run that saves two checkpoints per step (PPO's value model, then its policy) saves the first with
+save_companion, which keeps the one it replaces as "<path>.prev" until the second is written; on resume,
+find_companion picks whichever of the two matches the main checkpoint's step.
 
 Tied weights: safetensors refuses tensors that share memory. A state-dict entry that is the very same
 tensor as an earlier one (e.g. a tied `lm_head.weight` beside `wte.weight`) is stored once, under the
@@ -23,6 +26,7 @@ returns. Other tensors that merely overlap in memory are saved as copies.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -142,6 +146,52 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
         shutil.rmtree(old)
 
 
+def save_companion(path, *args, **kwargs) -> None:
+    """save_checkpoint(path, ...) for a checkpoint saved just before the run's main one (PPO's value model,
+    RLP-UML's heads), with a train_state holding the same "step". The one it replaces is kept as
+    "<path>.prev" until drop_previous(path) runs after the main save, so a crash between the two saves
+    still leaves the companion that matches the main checkpoint; find_companion picks it."""
+    path = Path(path)
+    prev = path.with_name(path.name + ".prev")
+    if path.is_dir():
+        if prev.exists():
+            shutil.rmtree(prev)
+        path.rename(prev)
+        fsync_dir(path.parent)
+    save_checkpoint(path, *args, **kwargs)
+
+
+def drop_previous(path) -> None:
+    """Remove "<path>.prev" once the main checkpoint matching the new companion at `path` is saved."""
+    prev = Path(path).with_name(Path(path).name + ".prev")
+    if prev.exists():
+        shutil.rmtree(prev)
+
+
+def find_companion(path, step: int) -> Path:
+    """The companion checkpoint (`path` or "<path>.prev") whose state.json says `step`, the main checkpoint's."""
+    path = Path(path)
+    found = []
+    for p in (path, path.with_name(path.name + ".prev")):
+        if (p / "state.json").is_file():
+            s = _read_json(p / "state.json").get("step")
+            if s == step:
+                return p
+            found.append(f"{p.name} at step {s}")
+    raise CheckpointError(f"{path}: no checkpoint saved at step {step}, the step of the main checkpoint beside it "
+                          f"(found: {', '.join(found) or 'none'}); rerun with --overwrite")
+
+
+def last_good(path) -> str:
+    """For a run stopped by a non-finite value: "the last good checkpoint is X (step N)", or that none was saved."""
+    path = Path(path)
+    for p in (path, path.with_name(path.name + ".old")):
+        if (p / "state.json").is_file():
+            with contextlib.suppress(CheckpointError):
+                return f"the last good checkpoint is {p} (step {_read_json(p / 'state.json').get('step')})"
+    return f"no checkpoint was saved before it ({path} does not exist yet)"
+
+
 # ---- loading -----------------------------------------------------------------------------------
 
 def _looks_like_pickle(file: Path) -> bool:
@@ -230,6 +280,18 @@ def load_checkpoint(path, expected_kind: str | None = None, map_location="cpu") 
             raise CheckpointError(f"{d}: alias {alias!r} points to {target!r}, which is not in model.safetensors")
         state_dict[alias] = state_dict[target]
     return state_dict, config
+
+
+def load_tokenizer(path):
+    """The checkpoint's tokenizer as an rlhf.tokenizer.Tokenizer; CheckpointError when missing or unreadable."""
+    from rlhf.tokenizer import Tokenizer
+    file = _resolve(path) / "tokenizer.json"
+    if not file.is_file():
+        raise CheckpointError(f"{path}: no tokenizer.json beside the weights")
+    try:
+        return Tokenizer.from_json(file.read_text(encoding="utf-8"))
+    except Exception as e:  # the tokenizers library's own error type, bad UTF-8, missing special tokens
+        raise CheckpointError(f"{file}: not a valid tokenizer ({type(e).__name__}: {e})") from None
 
 
 def load_tokenizer_json(path) -> str | None:
@@ -343,7 +405,6 @@ def load_model(path, kind: str, into: torch.nn.Module | None = None):
     is a CheckpointError naming the path.
     """
     from rlhf.model import GPT, GPTConfig, ScalarModel  # here, not at the top: model code never needs I/O
-    from rlhf.tokenizer import Tokenizer
 
     state, config = load_checkpoint(path, expected_kind=kind)
     if "model" not in config:
@@ -355,7 +416,4 @@ def load_model(path, kind: str, into: torch.nn.Module | None = None):
     model = into if into is not None else (GPT(mcfg) if kind == "policy" else ScalarModel(mcfg))
     check_state_dict(state, model, path)
     model.load_state_dict(state)
-    tok_json = load_tokenizer_json(path)
-    if tok_json is None:
-        raise CheckpointError(f"{path}: no tokenizer.json beside the weights")
-    return model, Tokenizer.from_json(tok_json), config
+    return model, load_tokenizer(path), config

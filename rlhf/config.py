@@ -25,6 +25,7 @@ from pathlib import Path, PurePath
 import numpy as np
 import torch
 
+from rlhf import distributed
 from rlhf.data import DataError, read_objects, write_json, write_jsonl
 
 
@@ -232,10 +233,14 @@ class MetricsWriter:
     string "nan" would break every reader that expects numbers.
     resume_step: keep the existing rows with step <= resume_step (rewritten atomically) and append
     after them; None starts a fresh file.
+    In a torchrun job only rank 0 writes: on the other ranks log() and close() do nothing.
     """
 
     def __init__(self, path, resume_step: int | None = None):
         self.path = Path(path)
+        self._f = None
+        if not distributed.is_main():
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             write_jsonl(self.path, [r for r in read_metrics(self.path) if r["step"] <= resume_step])
@@ -246,11 +251,14 @@ class MetricsWriter:
         if "step" in metrics:
             raise ValueError("metrics may not use the key 'step'; it is the step argument")
         row = {"step": int(step), **{k: _scalar(k, v) for k, v in metrics.items()}}
+        if self._f is None:  # not rank 0
+            return
         self._f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
         self._f.flush()
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self):
         return self
@@ -281,18 +289,24 @@ def run_cli(main) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: finished checkpoints and files are intact; rerun with --resume to continue")
+    finally:
+        distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
 
 
 def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
-    """The opening every training script shares: print the config, set CPU threads (args.threads > 0),
-    prepare the run directory (args.out, args.resume, args.overwrite), seed everything (args.seed).
+    """The opening every training script shares: join a torchrun process group when there is one
+    (rlhf/distributed.py), print the config, set CPU threads (args.threads > 0), prepare the run directory
+    (args.out, args.resume, args.overwrite; rank 0 only), seed everything (args.seed, offset per rank).
     Returns (run directory, True when --resume finds a checkpoint `ckpt_name` in it to continue from)."""
+    distributed.init(getattr(args, "device", None) or "cpu")
     print_config(args)
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     ckpt = out / ckpt_name
     resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
-    prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
-    seed_everything(args.seed)
+    if distributed.is_main():
+        prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
+    distributed.barrier()  # the others wait until rank 0 has checked (or cleared) the run directory
+    seed_everything(distributed.rank_seed(args.seed))
     return out, resuming

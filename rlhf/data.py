@@ -188,6 +188,15 @@ def read_jsonl(path, kind: str, max_line_bytes: int = 1 << 20, allow_partial_tai
     return rows
 
 
+def record_location(path, index: int, max_line_bytes: int = 1 << 20) -> str:
+    """"file:line" of the index-th (0-based) record read_jsonl returned from `path`, for an error found after
+    reading (blank lines are skipped there, so the record number alone could name the wrong line)."""
+    for i, (where, _) in enumerate(_parse_lines(path, max_line_bytes, allow_partial_tail=True)):
+        if i == index:
+            return where
+    return f"{path}: record {index + 1}"
+
+
 def read_json(path) -> dict:
     """Read a JSON object file (config.json, meta.json); DataError naming the file on any problem."""
     with _open_for_reading(Path(path)) as f:

@@ -53,8 +53,10 @@ class KVCache:
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         hs = cfg.n_embd // cfg.n_head
         shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: attention only ever reads the slots already written (:pos), so filling
+        # 2 x n_layer x B x H x S x hs numbers with zeros first would be wasted work on every generate call
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.n_real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.max_len = max_len
@@ -201,8 +203,8 @@ class ScalarModel(nn.Module):
         self.register_buffer("scale", torch.ones(()))
 
     def read(self, h):
-        """Hidden states (..., D) -> normalised head output (...)."""
-        return (self.head(h).squeeze(-1) - self.shift) / self.scale
+        """Hidden states (..., D) -> normalised head output (...), fp32 even under bf16 autocast (it feeds losses)."""
+        return (self.head(h).squeeze(-1).float() - self.shift) / self.scale
 
     def values(self, idx, mask=None):
         """-> (B, T) head output at every token."""
@@ -230,6 +232,7 @@ def _filter_logits(logits, top_k: int | None, top_p: float | None):
 
 
 @torch.inference_mode()
+@torch.compiler.set_stance("force_eager")  # blocks compiled by --compile run eagerly here (see rlhf.precision)
 def generate(model: GPT, prompt_ids, prompt_mask, max_new_tokens: int, eos_id: int, pad_id: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None):
@@ -251,18 +254,24 @@ def generate(model: GPT, prompt_ids, prompt_mask, max_new_tokens: int, eos_id: i
         raise ValueError(f"prompt ({Tq} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"context of {model.config.block_size} tokens")
     dev = prompt_ids.device
-    cache = KVCache(model.config, B, Tq + max_new_tokens, device=dev, dtype=model.wte.weight.dtype)
+    # under bf16 autocast the keys and values come out in bf16: store them so, and attention sees one dtype
+    dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else model.wte.weight.dtype
+    cache = KVCache(model.config, B, Tq + max_new_tokens, device=dev, dtype=dtype)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    logits = model(prompt_ids, prompt_mask, cache)[:, -1].float()  # (B, V) prefill
+    # prefill: the whole prompt through the model, but the output projection only at its last column
+    logits = F.linear(model.hidden(prompt_ids, prompt_mask, cache)[:, -1], model.wte.weight).float()  # (B, V)
     n = 0
     for t in range(max_new_tokens):
         if temperature == 0:
             tok = logits.argmax(-1)
         else:
-            logits = _filter_logits(logits / temperature, top_k, top_p)
+            if temperature != 1.0:
+                logits = logits / temperature
+            logits = _filter_logits(logits, top_k, top_p)
+            # in place: at vocab 8192 these (B, V) passes are a large share of a decode step (bench.py)
             u = torch.rand(logits.shape, generator=generator, device=dev).clamp_(1e-10, 1.0 - 1e-7)
-            tok = (logits - torch.log(-torch.log(u))).argmax(-1)  # (B,)
+            tok = (logits - u.log_().neg_().log_()).argmax(-1)  # (B,), Gumbel noise -log(-log u)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[:, t] = tok
         n = t + 1

@@ -151,16 +151,20 @@ def weak_rm_warning(diag: dict, margin: float = 0.03) -> str | None:
 
 @torch.no_grad()
 def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
-                        seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+                        seed: int = 0, chunk: int = 512) -> tuple[list[str], list[str], list[str]]:
     """Two samples per prompt from `policy`, ordered by the task's simulated annotator -> (prompts,
     chosen, rejected). Pairs of identical samples are dropped. This is the distribution PPO's RM meets
-    first (SFT samples), unlike the demonstration pairs it was trained on."""
-    roll = sample(policy, tok, [p for p in prompts for _ in range(2)], max_new_tokens, temperature=temperature,
-                  generator=torch.Generator().manual_seed(seed))
+    first (SFT samples), unlike the demonstration pairs it was trained on. Prompts are sampled `chunk` at a
+    time (one generator throughout), which bounds the KV cache."""
+    gen = torch.Generator().manual_seed(seed)
+    texts = []
+    for i in range(0, len(prompts), chunk):
+        texts += sample(policy, tok, [p for p in prompts[i:i + chunk] for _ in range(2)], max_new_tokens,
+                        temperature=temperature, generator=gen).texts
     rng = random.Random(seed)
     out = ([], [], [])
     for i, p in enumerate(prompts):
-        a, b = roll.texts[2 * i], roll.texts[2 * i + 1]
+        a, b = texts[2 * i], texts[2 * i + 1]
         if a == b:
             continue
         c, r = (a, b) if task.annotate(p, a, b, rng) == 0 else (b, a)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhf.data import pad_left
+from rlhf.data import DataError, pad_left, record_location
 from rlhf.model import GPT, generate
 
 
@@ -36,6 +36,17 @@ def encode_queries(tok, prompts: list[str], block_size: int, max_new_tokens: int
             raise ValueError(f"prompt {i} is {len(q)} tokens; with max_new_tokens={max_new_tokens} the model's "
                              f"context ({block_size}) leaves room for {room}: {prompts[i][:80]!r}")
     return pad_left(ids, tok.pad_id)
+
+
+def check_prompts_fit(tok, prompts: list[str], block_size: int, max_new_tokens: int, path) -> None:
+    """Refuse, before any work, a prompt that leaves no room for max_new_tokens in the context: DataError naming
+    the file and line (prompts[i] must be the i-th record read_jsonl returned from `path`)."""
+    room = block_size - max_new_tokens
+    for i, q in enumerate(tok.encode_prompts(prompts)):
+        if len(q) > room:
+            raise DataError(f"{record_location(path, i)}: field 'prompt': {len(q)} tokens (separator included), but the "
+                            f"model's context of {block_size} tokens leaves {max(room, 0)} for the prompt with "
+                            f"max_new_tokens={max_new_tokens}; shorten the prompt or lower --max-new-tokens")
 
 
 @torch.inference_mode()
@@ -77,17 +88,20 @@ def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_
     """log pi(response token | everything before it), one forward over query + response.
 
     Returns (B, Tr) log-probs, 0 on padding; with return_entropy also the (B, Tr) entropy of each
-    next-token distribution; with value_head (a module mapping (B, Tr, D) -> (B, Tr, 1)) also the
+    next-token distribution (detached: a statistic); with value_head (a module mapping (B, Tr, D) -> (B, Tr, 1)) also the
     values read from the same hidden states (a value head shared with the policy trunk). Logits are
     divided by the sampling temperature so the log-probs are those of the distribution that was sampled.
     """
     h = response_hidden(model, query_ids, query_mask, response_ids, response_mask)  # (B, Tr, D)
-    logits = F.linear(h, model.wte.weight).float() / temperature  # (B, Tr, V), tied output embedding
+    logits = F.linear(h, model.wte.weight).float()  # (B, Tr, V), tied output embedding; fp32 under bf16 autocast
+    if temperature != 1.0:  # skipped at 1.0: a copy of the largest tensor of the step
+        logits = logits / temperature
     logp_all = logits.log_softmax(-1)
     logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1) * response_mask  # (B, Tr)
     out = [logp]
     if return_entropy:
-        out.append(-(logp_all.exp() * logp_all).sum(-1) * response_mask)  # (B, Tr)
+        with torch.no_grad():  # a statistic, never in a loss: no graph for two more (B, Tr, V) tensors
+            out.append(-(logp_all.exp() * logp_all).sum(-1) * response_mask)  # (B, Tr)
     if value_head is not None:
         out.append(value_head(h).squeeze(-1) * response_mask)  # (B, Tr)
     return out[0] if len(out) == 1 else tuple(out)

@@ -29,7 +29,11 @@ def sft_loss(logits, ids, response_mask):
     loss = sum_t m_{t+1} * -log p(x_{t+1} | x_{<=t}) / sum_t m_{t+1}
     logits (B, T, V), ids (B, T), response_mask (B, T) -> scalar.
     """
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V) predictions of ids[:, 1:]
-    nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
-    m = response_mask[:, 1:]
-    return (nll * m).sum() / m.sum().clamp(min=1.0)
+    # Every column t predicts ids[t + 1]; the last column's target is a dummy (ids[0]) whose weight is 0.
+    # Written over all T columns rather than logits[:, :-1] so the (B, T, V) logits are read in place: the
+    # slice would cost a copy of the largest tensor of the step, and its backward a zero-filled one (bench.py).
+    B, T, V = logits.shape
+    targets = ids.roll(-1, dims=1)  # (B, T)
+    m = F.pad(response_mask[:, 1:], (0, 1))  # (B, T), 0 in the last column
+    nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
+    return torch.where(m > 0, nll * m, 0.0).sum() / m.sum().clamp(min=1.0)  # where: a non-finite dummy column stays out

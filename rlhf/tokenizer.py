@@ -18,12 +18,15 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 PAD, EOS, SEP = "<|pad|>", "<|eos|>", "<|sep|>"
 SPECIALS = [PAD, EOS, SEP]
+GPT2_EOS = "<|endoftext|>"  # a GPT-2 tokenizer's end-of-text token serves as EOS when it has no <|eos|> (rlhf/gpt2.py)
 
 
 class Tokenizer:
     def __init__(self, tk: _HFTokenizer):
         self.tk = tk
         ids = [tk.token_to_id(s) for s in SPECIALS]
+        if ids[1] is None:
+            ids[1] = tk.token_to_id(GPT2_EOS)
         if any(i is None for i in ids):
             raise ValueError(f"tokenizer lacks the special tokens {SPECIALS} this project's template needs")
         self.pad_id, self.eos_id, self.sep_id = ids
