@@ -30,7 +30,7 @@ import csv
 import hashlib
 import json
 import math
-import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,6 +71,16 @@ class Args:
     noise_sweep: bool = field(default=False, metadata={"help": "also rerun labels, RM and the PPO-family at --noise-levels"})
     noise_levels: str = field(default="0.0,0.1,0.25,0.4", metadata={"help": "annotator label-flip rates for --noise-sweep, each in [0, 0.5]"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0: torch's default)", "min": 0})
+
+
+def _die_with_parent():
+    """In the child, before exec: on Linux, ask for SIGKILL when reproduce.py dies (even by SIGKILL), so a killed
+    run never leaves a stage writing into a directory that the rerun resumes."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class Stages:
@@ -117,7 +127,7 @@ class Stages:
             f.write(" ".join([sys.executable, script, *argv, *extra]) + "\n")
             f.flush()
             rc = subprocess.run([sys.executable, script, *argv, *extra], cwd=Path(__file__).parent,
-                                stdout=f, stderr=subprocess.STDOUT).returncode
+                                stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent).returncode
         if rc != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             self.bar.close()

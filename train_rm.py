@@ -4,6 +4,8 @@ Usage:
     python train_rm.py --preset tiny --data data/story --sft runs/sft/ckpt --out runs/rm
     python train_rm.py ... --normalize        # shift/scale so held-out SFT-distribution rewards are N(0, 1)
     python train_rm.py ... --resume           # continue after a crash
+    python train_rm.py ... --init-from models/gpt2   # the trunk of a GPT-2-format model from disk instead of --sft
+    torchrun --nproc_per_node 2 train_rm.py ...      # data-parallel; --batch-size is per rank (rlhf/distributed.py)
 RLP (Lang et al. 2024), retraining on samples of the PPO policy (sample_baselines.py --k 10 --temperature 1.0):
     python train_rm.py ... --policy-samples runs/policy_samples.jsonl --uml-weight 0.5   # RLP-UML: BT + 0.5 * MIB loss
     python train_rm.py ... --policy-samples runs/policy_samples.jsonl --spg-gamma 0.5    # RLP-SPG: BT on human + synthetic pairs
@@ -25,13 +27,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlhf import tasks
-from rlhf.checkpoint import check_state_dict, load_checkpoint, load_model, load_train_state, rng_state, save_checkpoint, set_rng_state
+from rlhf import distributed, tasks
+from rlhf.checkpoint import (check_state_dict, drop_previous, find_companion, last_good, load_checkpoint, load_model, load_train_state,
+                             rng_state, save_checkpoint, save_companion, set_rng_state)
 from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json
 from rlhf.evaluation import rm_pair_accuracy
+from rlhf.gpt2 import load_gpt2
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.precision import autocast, maybe_compile
 from rlhf.reward import bradley_terry_loss, pair_batch, policy_sample_pairs, rm_diagnostics, score_texts
 from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
 
@@ -41,11 +46,12 @@ class Args:
     data: str = field(default="data/story", metadata={"help": "directory from prepare_data.py (preferences.jsonl, meta.json)"})
     pairs: str | None = field(default=None, metadata={"help": "a preferences JSONL to use instead of DATA/preferences.jsonl"})
     sft: str = field(default="runs/sft/ckpt", metadata={"help": "SFT policy checkpoint: the trunk and tokenizer to start from"})
+    init_from: str | None = field(default=None, metadata={"help": "start from a GPT-2-format model (a directory with model.safetensors and tokenizer.json, rlhf/gpt2.py) instead of --sft"})
     out: str = field(default="runs/rm", metadata={"help": "run directory"})
     preset: str = field(default="tiny", metadata={"help": "size preset; explicit flags override it"})
     seed: int = field(default=0, metadata={"help": "fixes the split, data order and head initialisation"})
     epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs", "min": 0.0, "min_exclusive": True})
-    batch_size: int = field(default=32, metadata={"help": "pairs per step (2x sequences in the forward)", "min": 1})
+    batch_size: int = field(default=32, metadata={"help": "pairs per step (2x sequences in the forward; per rank under torchrun)", "min": 1})
     lr: float = field(default=3e-4, metadata={"help": "trunk learning rate", "min": 0.0, "min_exclusive": True})
     head_lr: float = field(default=3e-3, metadata={"help": "scalar head learning rate", "min": 0.0, "min_exclusive": True})
     lr_schedule: str = field(default="cosine", metadata={"help": "decay after warm-up", "choices": ["constant", "linear", "cosine"]})
@@ -54,6 +60,7 @@ class Args:
     grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)", "min": 0.0})
     val_fraction: float = field(default=0.1, metadata={"help": "share of pairs held out for diagnostics", "min": 0.0, "max": 0.9, "min_exclusive": True})
     eval_every: int = field(default=100, metadata={"help": "held-out accuracy every N steps", "min": 1})
+    sft_pairs: int = field(default=0, metadata={"help": "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (issue 11; 0: off)", "min": 0})
     n_policy_pairs: int = field(default=400, metadata={"help": "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", "min": 0})
     max_val_pairs: int = field(default=1000, metadata={"help": "cap on held-out pairs scored at each evaluation", "min": 1})
     policy_samples: str | None = field(default=None, metadata={"help": "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)"})
@@ -67,6 +74,8 @@ class Args:
     normalize: bool = field(default=False, metadata={"help": "store shift/scale so held-out rewards have mean 0, std 1"})
     ckpt_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps", "min": 1})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    dtype: str = field(default="fp32", metadata={"help": "forward passes in fp32, or under bf16 autocast (losses stay fp32)", "choices": ["fp32", "bf16"]})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks (slow first steps; see README performance)"})
     resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
 
@@ -125,12 +134,23 @@ def main(argv=None):
     uml = [r for r in samples if len(set(r["responses"])) >= 2] if args.uml_weight > 0 else []
     if args.uml_weight > 0 and len(uml) < 2:
         raise ValueError(f"{args.policy_samples}: RLP-UML needs at least 2 prompts with two different responses")
-    N = len(train)
-    steps = max(1, math.ceil(args.epochs * N / args.batch_size))
-    print(f"{N} training pairs, {len(val)} held out, {steps} steps")
-
     # 3. model: the SFT trunk + a fresh head (a resumed run reloads its own checkpoint)
-    policy, tok, sft_cfg = load_model(args.sft, "policy")
+    if args.init_from:  # a pretrained GPT-2-format model and its tokenizer instead of an SFT checkpoint
+        (policy, tok), sft_cfg = load_gpt2(args.init_from), {}
+    else:
+        policy, tok, sft_cfg = load_model(args.sft, "policy")
+    train, val = (fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
+    if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
+        if task is None:
+            raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
+        prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
+        room = policy.config.block_size - max(len(q) for q in tok.encode_prompts(prompts))
+        p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed + 3)
+        train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
+        print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
+    N = len(train)
+    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * distributed.world_size())))
+    print(f"{N} training pairs, {len(val)} held out, {steps} steps")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
     previous = load_model(args.previous_rm, "rm")[0] if args.previous_rm else None
@@ -138,28 +158,34 @@ def main(argv=None):
         rm.load_state_dict(previous.state_dict())
     aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
     policy.eval()  # kept: its samples make the second set of diagnostic pairs
+    maybe_compile(rm, args.compile)  # --compile: its blocks, in place
     opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
                           {"named": rm.head.named_parameters(), "lr": args.head_lr}]
                          + ([{"named": aux.named_parameters(), "lr": args.mib_lr}] if aux is not None else []), args.lr, args.weight_decay)
     start = 0
     if resuming:
         rm, _, _ = load_model(ckpt, "rm", into=rm)
-        if aux is not None:
-            aux_state, _ = load_checkpoint(out / "aux_ckpt", expected_kind="aux")
-            check_state_dict(aux_state, aux, out / "aux_ckpt")
-            aux.load_state_dict(aux_state)
         train_state = load_train_state(ckpt, opt)
+        if aux is not None:  # aux_ckpt, or aux_ckpt.prev after a crash between the two saves
+            aux_at = find_companion(out / "aux_ckpt", train_state["step"])
+            aux_state, _ = load_checkpoint(aux_at, expected_kind="aux")
+            check_state_dict(aux_state, aux, aux_at)
+            aux.load_state_dict(aux_state)
         set_rng_state(train_state["rng"])
         start = train_state["step"]
         print(f"resumed from {ckpt} at step {start}")
+    distributed.broadcast_params(rm, *([aux] if aux is not None else []))  # rank 0's fresh heads on every rank
     ckpt_config = {"model": rm.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint,
                    "task": sft_cfg.get("task"), "stage": "rm"}
 
     def save(step: int):
+        if not distributed.is_main():
+            return
         if aux is not None:  # the MIB heads and critic, so a resumed UML run continues them
-            save_checkpoint(out / "aux_ckpt", aux.state_dict(), {"stage": "rlp-uml"}, kind="aux")
+            save_companion(out / "aux_ckpt", aux.state_dict(), {"stage": "rlp-uml"}, kind="aux", train_state={"step": step})
         save_checkpoint(ckpt, rm.state_dict(), ckpt_config, kind="rm", tokenizer_json=tok.to_json(),
                         optimizer=opt, train_state={"step": step, "rng": rng_state()})
+        drop_previous(out / "aux_ckpt")  # the RM checkpoint is the commit point
 
     def evaluate() -> dict:
         p = [r["prompt"] for r in val]
@@ -174,13 +200,13 @@ def main(argv=None):
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
     rm.train()
     t0 = time.time()
-    pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps)
+    pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())
     for step in pbar:
-        batch = [train[epoch_order(pos // N)[pos % N]] for pos in range(step * args.batch_size, (step + 1) * args.batch_size)]
+        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size)]
         p, c, rj = [r["prompt"] for r in batch], [r["chosen"] for r in batch], [r["rejected"] for r in batch]
         B, U = len(batch), (args.batch_size if aux is not None else 0)
         if U:  # RLP-UML: two different policy samples of U prompts ride in the same forward as the pairs
-            g = torch.Generator().manual_seed(args.seed * 1000003 + step)
+            g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
             for i in torch.randint(len(uml), (U,), generator=g).tolist():
                 ys = list(dict.fromkeys(uml[i]["responses"]))
                 a, b = torch.randperm(len(ys), generator=g)[:2].tolist()
@@ -188,32 +214,39 @@ def main(argv=None):
         ids, mask = pair_batch(tok, p, c, rj)  # rows: B chosen, U view-1, B rejected, U view-2
         margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if any("margin" in r for r in batch) else None
         set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
-        r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
+        with autocast(args.dtype, ids.device):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
+            r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
+        h = h.float()  # the RLP-UML heads and losses in fp32
         chosen, rejected = r[:B], r[B + U:2 * B + U]
         bt = bradley_terry_loss(chosen, rejected, margin)
         loss, mib_stats = bt, {}
         if U:  # RLP-UML: L = L_BT + lambda * L_M
             l_m, mib_stats = mib_loss(h[B:B + U], h[2 * B + U:], aux["heads"], aux["critic"], args.uml_kl_weight, g)
             loss = bt + args.uml_weight * l_m
-        if not torch.isfinite(loss):
-            raise SystemExit(f"error: RM loss is {loss.item()} at step {step + 1}; the last good checkpoint is {ckpt}")
+        loss_all = distributed.all_reduce_mean(loss.detach())  # over all ranks' pairs (equal counts: the global mean)
+        if not torch.isfinite(loss_all):
+            raise SystemExit(f"error: RM loss is {loss_all.item()} at step {step + 1}; {last_good(ckpt)}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads(list(rm.parameters()) + (list(aux.parameters()) if aux is not None else []))
         torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         opt.step()
-        acc = (chosen > rejected).float().mean().item()
-        log = {"rm/loss": bt.item(), "rm/train_accuracy": acc, "rm/lr": opt.param_groups[0]["lr"],
-               "rm/pairs_per_s": (step + 1 - start) * args.batch_size / max(time.time() - t0, 1e-9),
+        log = {"rm/loss": bt.item(), "rm/train_accuracy": (chosen > rejected).float().mean().item(), "rm/lr": opt.param_groups[0]["lr"],
+               "rm/pairs_per_s": (step + 1 - start) * args.batch_size * distributed.world_size() / max(time.time() - t0, 1e-9),
                **{f"rlp/mib_{k}": v.item() for k, v in mib_stats.items()}}
-        if (step + 1) % args.eval_every == 0 and step + 1 < steps:
+        log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
+        acc = log["rm/train_accuracy"]
+        if (step + 1) % args.eval_every == 0 and step + 1 < steps and distributed.is_main():
             log.update({f"val/{k[3:]}": v for k, v in evaluate().items()})
-            tqdm.write(f"step {step + 1:5d} | loss {loss.item():.4f} | val acc {log['val/accuracy']:.3f}"
+            tqdm.write(f"step {step + 1:5d} | loss {loss_all.item():.4f} | val acc {log['val/accuracy']:.3f}"
                        + (f" | val gold acc {log['val/gold_accuracy']:.3f}" if "val/gold_accuracy" in log else ""))
         metrics.log(step + 1, log)
-        pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        pbar.set_postfix(loss=f"{loss_all.item():.3f}", acc=f"{acc:.2f}")
         if (step + 1) % args.ckpt_every == 0:
             save(step + 1)
     train_time = time.time() - t0
+    if not distributed.is_main():  # rank 0 alone computes the diagnostics and writes the final checkpoint
+        return
 
     # 5. normalisation, diagnostics, final checkpoint
     if args.normalize:
@@ -252,6 +285,19 @@ def main(argv=None):
     metrics.close()
     write_json(out / "diagnostics.json", diag)
     print(format_diagnostics(diag))
+
+
+def fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
+    """The pairs whose prompt + longer response fit the context; the rest skipped with a warning (none left: an error)."""
+    n = [len(p) + max(len(c), len(r)) for p, c, r in zip(tok.encode_prompts([x["prompt"] for x in rows]),
+                                                         tok.encode_responses([x["chosen"] for x in rows]),
+                                                         tok.encode_responses([x["rejected"] for x in rows]))]
+    kept = [x for x, k in zip(rows, n) if k <= block_size]
+    if len(kept) < len(rows):
+        print(f"warning: skipped {len(rows) - len(kept)} of {len(rows)} pairs from {path} longer than the context ({block_size} tokens)")
+    if not kept:
+        raise ValueError(f"{path}: no pair fits the model's context of {block_size} tokens (prompt + response, in tokens)")
+    return kept
 
 
 def format_diagnostics(d: dict) -> str:

@@ -1,9 +1,12 @@
 """reproduce.py end to end at the smoke size: every method gets a finite row; a second call reuses every stage."""
 import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from helpers import run
+from helpers import ROOT, run
 
 
 def test_reproduce_smoke_end_to_end(tmp_path):
@@ -11,7 +14,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     p = run("reproduce.py", "--preset", "smoke", "--task", "algo", "--out", str(out),
             "--methods", "sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg,oracle")
     res = json.loads((out / "results.json").read_text())
-    assert list(res["methods"]) == ["sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
+    assert set(res["methods"]) == {"sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"}
     for m, s in res["methods"].items():
         for k in ("gold/win_rate", "gold/score", "proxy/score", "objective/kl", "eval/length"):
             assert math.isfinite(s[k]["mean"]), (m, k, s[k])
@@ -34,6 +37,21 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert third["stages_run"] == 1  # only best-of-n's evaluation changed
     assert "matplotlib" in p.stdout or "png" in p.stdout
 
+    # SIGKILL mid-way (in the RM stage), then the same command: it resumes and ends with the same SFT row
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "reproduce.py", "--preset", "smoke", "--task", "algo", "--methods", "sft", "--out", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "s0" / "rm" / "config.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "reproduce.py ended before it could be killed in the RM stage"
+    proc.kill()
+    proc.wait()
+    assert not (killed / "results.json").exists() and not (killed / "stages" / "s0_rm.json").exists()
+    run("reproduce.py", "--preset", "smoke", "--task", "algo", "--methods", "sft", "--out", str(killed))
+    assert (killed / "logs" / "s0_rm.log").read_text().splitlines()[0].endswith("--resume")
+    assert json.loads((killed / "results.json").read_text())["methods"]["sft"] == res["methods"]["sft"]
+
 
 def test_reproduce_rejects_unknown_method(tmp_path):
     p = run("reproduce.py", "--methods", "ppo,dpo", "--out", str(tmp_path / "x"), check=False)
@@ -44,8 +62,6 @@ def test_reproduce_rejects_unknown_method(tmp_path):
 
 def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch):
     """Stage b reads a's output: changing a's command reruns both; the same commands again rerun nothing."""
-    import sys
-    from helpers import ROOT
     sys.path.insert(0, str(ROOT))
     import reproduce
 

@@ -1,0 +1,25 @@
+"""train_rm.py --sft-pairs: pairs of two SFT samples labelled by the task's annotator join the training pairs."""
+import json
+import shutil
+
+from helpers import run
+
+
+def test_sft_pairs_are_added_and_counted(algo, tmp_path):
+    p = run("train_rm.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
+            "--sft-pairs", "40", "--epochs", "0.05", "--n-policy-pairs", "0", "--out", str(tmp_path / "rm"))
+    line = next(l for l in p.stdout.splitlines() if "pairs of two SFT samples added" in l)
+    added = int(line.split()[0])
+    assert 0 < added <= 40
+    base = next(l for l in p.stdout.splitlines() if "training pairs" in l)
+    cfg = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert cfg["sft_pairs"] == 40 and int(base.split()[0]) > added
+
+
+def test_sft_pairs_need_a_task(algo, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(algo / "data", data)
+    (data / "meta.json").unlink()
+    p = run("train_rm.py", "--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"),
+            "--sft-pairs", "10", "--out", str(tmp_path / "rm"), check=False)
+    assert p.returncode != 0 and "--sft-pairs" in p.stderr and "meta.json" in p.stderr
