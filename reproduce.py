@@ -223,17 +223,17 @@ def write_text(path: Path, text: str) -> None:
 def curves(runs: dict[str, list[Path]], start: list[Path]) -> list[dict]:
     """Every logged evaluation of every PPO-family run: (method, seed, step, KL, gold, proxy) -> curves.csv.
     proxy is the score of the RM that run trained against (for RLP the retrained RM; none for the oracle).
-    Each curve starts at its seed's SFT evaluation (step 0, KL 0) when `start` (SFT eval JSONs) has one."""
+    A run without its own step-0 evaluation starts at its seed's SFT evaluation (KL 0) from `start` (SFT eval JSONs)."""
     rows = []
     for m, dirs in runs.items():
         for seed, d in enumerate(dirs):
-            if seed < len(start):
+            logged = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            if seed < len(start) and not any(r.get("step") == 0 and "gold/score" in r for r in logged):
                 e = read_json(start[seed])
                 own_rm = m in ("ppo", "contrastive")  # RLP runs train on another RM; the oracle on none
                 rows.append({"method": m, "seed": seed, "step": 0, "kl": 0.0, "gold": e["gold/score"],
                              "proxy": e.get("proxy/score") if own_rm else None})
-            for line in (d / "metrics.jsonl").read_text().splitlines():
-                r = json.loads(line)
+            for r in logged:
                 if "gold/score" in r:  # an evaluation line: objective/kl is then the held-out KL
                     rows.append({"method": m, "seed": seed, "step": r.get("step"), "kl": r["objective/kl"],
                                  "gold": r["gold/score"], "proxy": r.get("proxy/score")})
