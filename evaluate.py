@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model
-from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_everything
+from rlhf.config import config_to_dict, parse_args, run_cli, start_script
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.sampling import check_prompts_fit
@@ -57,10 +56,7 @@ def fmt(m: dict, key: str, digits: int = 3) -> str:
 def main(argv=None):
     # 1. arguments, seeding
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
-    print_config(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    start_script(args)
     name = args.name or args.policy
 
     # 2. models: the policy, its reference and the RM must share one tokenizer

@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import signal
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rlhf.config import parse_args, run_cli
+from rlhf.config import parse_args, read_metrics, run_cli
 from rlhf.data import atomic_write_bytes, read_json, write_json
 
 METHODS = ["sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
@@ -227,7 +226,7 @@ def curves(runs: dict[str, list[Path]], start: list[Path]) -> list[dict]:
     rows = []
     for m, dirs in runs.items():
         for seed, d in enumerate(dirs):
-            logged = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            logged = read_metrics(d / "metrics.jsonl")
             if seed < len(start) and not any(r.get("step") == 0 and "gold/score" in r for r in logged):
                 e = read_json(start[seed])
                 own_rm = m in ("ppo", "contrastive")  # RLP runs train on another RM; the oracle on none

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from rlhf.checkpoint import load_model
-from rlhf.config import config_to_dict, parse_args, print_config, run_cli, seed_everything
+from rlhf.config import config_to_dict, parse_args, run_cli, start_script
 from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.reward import score_texts
@@ -49,10 +49,7 @@ _SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch
 
 def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
-    print_config(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
+    start_script(args)
     out, meta_path = Path(args.out), Path(f"{args.out}.meta.json")
 
     # 1. models: the RM must read the policy's tokens

@@ -293,6 +293,15 @@ def run_cli(main) -> None:
         distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
 
 
+def start_script(args) -> None:
+    """The opening of a script that writes no run directory: print the config, set CPU threads
+    (args.threads > 0), seed everything (args.seed)."""
+    print_config(args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+
+
 def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
     """The opening every training script shares: join a torchrun process group when there is one
     (rlhf/distributed.py), print the config, set CPU threads (args.threads > 0), prepare the run directory
