@@ -23,3 +23,18 @@ def test_sft_pairs_need_a_task(algo, tmp_path):
     p = run("train_rm.py", "--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"),
             "--sft-pairs", "10", "--out", str(tmp_path / "rm"), check=False)
     assert p.returncode != 0 and "--sft-pairs" in p.stderr and "meta.json" in p.stderr
+
+
+def test_rm_errors_reproduces_train_rm_sft_pair_accuracy(algo):
+    """experiments/rm_errors.py samples the same pairs as train_rm.py's sft_pairs report, so its overall gold
+    accuracy must equal the figure in the RM's diagnostics."""
+    diag = json.loads((algo / "rm" / "diagnostics.json").read_text())
+    p = run("experiments/rm_errors.py", "--rm", str(algo / "rm" / "ckpt"), "--sft", str(algo / "sft" / "ckpt"),
+            "--data", str(algo / "data"), "--task", "algo", "--show", "1", check=False)
+    if diag["sft_pairs/gold_accuracy"] != diag["sft_pairs/gold_accuracy"]:  # NaN: gold tied on every pair
+        assert p.returncode != 0 and "no pair with a gold difference" in p.stderr
+        return
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = p.stdout.splitlines()[0]
+    assert first.endswith(f"RM gold accuracy {diag['sft_pairs/gold_accuracy']:.3f}"), (first, diag["sft_pairs/gold_accuracy"])
+    assert "by component that differs" in p.stdout
