@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import signal
 import statistics
 import subprocess
@@ -188,14 +189,22 @@ def pipeline(st: Stages, args, d: Path, tag: str, seed: int, methods: list[str],
 
 
 COLUMNS = [("gold/win_rate", "gold win rate vs SFT"), ("gold/score", "gold"), ("proxy/score", "proxy (first RM)"),
-           ("objective/kl", "KL to SFT"), ("eval/length", "length")]
+           ("proxy/gain", "proxy minus SFT's (same seed)"), ("objective/kl", "KL to SFT"), ("eval/length", "length")]
 
 
-def summarise(evals: dict[str, list[Path]]) -> dict:
-    """method -> per-seed metrics and mean / std of each column (std is 0 for one seed)."""
+def summarise(evals: dict[str, list[Path]], base: str = "sft") -> dict:
+    """method -> per-seed metrics and mean / std of each column (std is 0 for one seed).
+
+    Each seed has its own RM, whose scores have an arbitrary offset, so the proxy's mean over seeds mixes
+    scales. `proxy/gain` is the proxy score minus the `base` method's (SFT's) proxy score in the same seed,
+    which compares across seeds; it is absent (NaN, shown as "-") when `base` was not evaluated."""
+    ref = [read_json(p) for p in evals.get(base, [])]
     out = {}
     for m, paths in evals.items():
         rows = [read_json(p) for p in paths]
+        for r, b in zip(rows, ref):  # seed by seed: both lists are in seed order
+            if r.get("proxy/score") is not None and b.get("proxy/score") is not None:
+                r["proxy/gain"] = float(r["proxy/score"]) - float(b["proxy/score"])
         s = {"seeds": [{k: r.get(k) for k, _ in COLUMNS + [("gold/win_rate_lo", ""), ("gold/win_rate_hi", "")]} for r in rows]}
         for k, _ in COLUMNS:
             xs = [float(r[k]) for r in rows if r.get(k) is not None]
@@ -209,7 +218,8 @@ def table(summary: dict, first_col: str = "method") -> str:
     head = f"| {first_col} | " + " | ".join(label for _, label in COLUMNS) + " | per-seed win rate [95% CI] |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, s in summary.items():
-        cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if len(s["seeds"]) > 1 else f"{s[k]['mean']:.3f}" for k, _ in COLUMNS]
+        cells = ["-" if math.isnan(s[k]["mean"]) else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if len(s["seeds"]) > 1
+                 else f"{s[k]['mean']:.3f}" for k, _ in COLUMNS]
         ci = "; ".join(f"{r['gold/win_rate']:.3f} [{r['gold/win_rate_lo']:.3f}, {r['gold/win_rate_hi']:.3f}]" for r in s["seeds"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci} |")
     return "\n".join(lines) + "\n"

@@ -16,13 +16,14 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == {"sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"}
     for m, s in res["methods"].items():
-        for k in ("gold/win_rate", "gold/score", "proxy/score", "objective/kl", "eval/length"):
+        for k in ("gold/win_rate", "gold/score", "proxy/score", "proxy/gain", "objective/kl", "eval/length"):
             assert math.isfinite(s[k]["mean"]), (m, k, s[k])
         assert 0.0 <= s["gold/win_rate"]["mean"] <= 1.0
     table = (out / "table.md").read_text()
     for label in ("SFT", "best-of-n", "PPO", "contrastive", "RLP-UML", "RLP-SPG", "oracle"):
         assert label in table, label
     assert res["methods"]["sft"]["objective/kl"]["mean"] == 0.0  # the SFT policy against itself
+    assert res["methods"]["sft"]["proxy/gain"]["mean"] == 0.0
     curve = (out / "curves.csv").read_text().splitlines()
     assert curve[0] == "method,seed,step,kl,gold,proxy" and len(curve) > 1 + 5 * 2
     assert res["stages_reused"] == 0 and res["stages_run"] > 10
@@ -94,3 +95,23 @@ def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch)
     (tmp_path / "stages" / "b.json").unlink()  # killed again, but now with other settings: start it over
     reproduce.write_json(tmp_path / "stages" / "b.pending.json", {"script": "b.py", "argv": [], "inputs": []})
     assert pipeline(2) == (1, 1) and full[-1][-1] == "--overwrite"
+
+
+def test_proxy_gain_is_taken_seed_by_seed(tmp_path):
+    """Each seed's RM has its own offset: the gain column subtracts SFT's proxy of the same seed (worked by hand:
+    PPO 2.0 - 1.0 = 1.0 in seed 0, 7.5 - 5.0 = 2.5 in seed 1 -> mean 1.75, std sqrt(1.125))."""
+    sys.path.insert(0, str(ROOT))
+    import reproduce
+    ev = {}
+    for m, proxies in (("sft", (1.0, 5.0)), ("ppo", (2.0, 7.5))):
+        for s, x in enumerate(proxies):
+            f = tmp_path / f"{m}{s}.json"
+            f.write_text(json.dumps({"gold/win_rate": 0.5, "gold/win_rate_lo": 0.4, "gold/win_rate_hi": 0.6,
+                                     "gold/score": 0.7, "proxy/score": x, "objective/kl": 1.0, "eval/length": 40}))
+            ev.setdefault(m, []).append(f)
+    s = reproduce.summarise(ev)
+    assert s["ppo"]["proxy/gain"]["mean"] == 1.75 and math.isclose(s["ppo"]["proxy/gain"]["std"], math.sqrt(1.125))
+    assert s["sft"]["proxy/gain"] == {"mean": 0.0, "std": 0.0}
+    no_base = reproduce.summarise({"ppo": ev["ppo"]})
+    assert math.isnan(no_base["ppo"]["proxy/gain"]["mean"])
+    assert "| - |" in reproduce.table(no_base)
