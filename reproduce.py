@@ -273,11 +273,13 @@ def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
             for seed in sorted({r["seed"] for r in curve_rows if r["method"] == m}):
                 pts = [(r["kl"], r[key]) for r in sorted(curve_rows, key=lambda r: r["step"])  # in training order
                        if r["method"] == m and r["seed"] == seed and r[key] not in (None, "")]
+                if pts and key == "proxy":  # each run's RM has its own offset: plot the gain since the run's start
+                    pts = [(kl, y - pts[0][1]) for kl, y in pts]
                 if pts:
                     ax.plot(*zip(*pts), marker="o", label=LABELS[m] if seed == 0 else None,
                             color=f"C{METHODS.index(m)}", alpha=0.8)
         ax.set_xlabel("KL(policy || SFT), nats per response")
-        ax.set_ylabel("gold score" if key == "gold" else "proxy score (the RM each run trained against)")
+        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the run's start\n(the RM each run trained against)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png.tmp.png", dpi=110)
