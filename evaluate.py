@@ -81,7 +81,7 @@ def main(argv=None):
     if len(prompts) < args.n_eval:
         print(f"note: {prompts_path} holds {len(prompts)} prompts (fewer than --n-eval {args.n_eval}); using all")
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
-    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    task = tasks.task_from_meta(meta)
     if task is None:
         print("no gold judge for this data (no meta.json): reporting RM-based figures only")
     longest = max(len(ids) for ids in tok.encode_prompts(prompts))

@@ -116,7 +116,7 @@ def main(argv=None):
     rl_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_rl.jsonl", "prompts")]
     eval_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl", "prompts")][:args.n_eval]
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
-    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    task = tasks.task_from_meta(meta)
     baselines = load_baselines(args.baselines, rl_prompts) if args.reward == "contrastive" else None
     if args.reward == "gold" and task is None:
         raise ValueError(f"--reward gold needs a gold judge: {data} has no meta.json from prepare_data.py")

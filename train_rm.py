@@ -109,7 +109,7 @@ def main(argv=None):
     if len(rows) < 2:
         raise SystemExit(f"error: {pairs_path} has {len(rows)} usable pairs; at least 2 are needed")
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
-    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    task = tasks.task_from_meta(meta)
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
     n_val = max(1, int(len(rows) * args.val_fraction))
     val = [rows[i] for i in perm[:n_val]][:args.max_val_pairs]

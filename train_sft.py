@@ -84,7 +84,7 @@ def main(argv=None):
     data = Path(args.data)
     rows = read_jsonl(data / "sft.jsonl", "sft")
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
-    task = tasks.get_task(meta["task"], seed=meta["seed"]) if meta else None
+    task = tasks.task_from_meta(meta)
     pretrained = None
     if args.init_from:  # also when resuming: it gives the model's shape (its weights are then replaced)
         pretrained, tok = load_gpt2(args.init_from, block_size=args.block_size, dropout=args.dropout)

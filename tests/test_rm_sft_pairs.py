@@ -38,3 +38,14 @@ def test_rm_errors_reproduces_train_rm_sft_pair_accuracy(algo):
     first = p.stdout.splitlines()[0]
     assert first.endswith(f"RM gold accuracy {diag['sft_pairs/gold_accuracy']:.3f}"), (first, diag["sft_pairs/gold_accuracy"])
     assert "by component that differs" in p.stdout
+
+
+def test_task_from_meta_keeps_the_annotator(algo):
+    """Labels drawn after prepare_data (train_rm.py --sft-pairs and its sft_pairs report) must use the data's own
+    annotator, not the task defaults: a noisier data directory gives a noisier task."""
+    from rlhf import tasks
+    meta = json.loads((algo / "data" / "meta.json").read_text())
+    assert tasks.task_from_meta(meta).annotator_settings() == meta["annotator"]
+    noisy = {**meta, "annotator": {**meta["annotator"], "flip_rate": 0.4}}
+    assert tasks.task_from_meta(noisy).annotator_settings()["flip_rate"] == 0.4
+    assert tasks.task_from_meta(None) is None

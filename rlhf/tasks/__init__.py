@@ -186,3 +186,11 @@ def get_task(name: str, seed: int = 0, **annotator) -> Task:
         from .algo import AlgoTask
         return AlgoTask(seed, **annotator)
     raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
+
+
+def task_from_meta(meta: dict | None) -> Task | None:
+    """The task a data directory's meta.json names, with the annotator settings it was labelled with (so that
+    labels drawn later, e.g. train_rm.py --sft-pairs, follow the same annotator); None without a meta.json."""
+    if not meta:
+        return None
+    return get_task(meta["task"], seed=meta["seed"], **meta.get("annotator", {}))
