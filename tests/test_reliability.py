@@ -110,7 +110,10 @@ def test_sigint_ends_with_one_line_and_keeps_the_checkpoint(algo, tmp_path):
     out = tmp_path / "sft"
     proc = subprocess.Popen([sys.executable, "train_sft.py", "--preset", "smoke", "--data", str(algo / "data"), "--out", str(out),
                              "--ckpt-every", "10", "--n-eval", "0", "--threads", "1"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # a suite launched in the background (`pytest &`) inherits an ignored SIGINT; Ctrl-C's
+                            # default action is what this test is about
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and state_step(out / "ckpt") < 10:
         time.sleep(0.01)
