@@ -144,8 +144,7 @@ def main(argv=None):
         if task is None:
             raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
         prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
-        room = policy.config.block_size - max(len(q) for q in tok.encode_prompts(prompts))
-        p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed + 3)
+        p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed + 3)
         train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
         print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
     N = len(train)
@@ -260,8 +259,7 @@ def main(argv=None):
     if task is not None and args.n_policy_pairs and eval_prompts.exists():
         # pairs of two SFT samples per held-out prompt: what PPO shows the RM first (issue 11 measures this)
         prompts = [r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
-        room = rm.config.block_size - max(len(q) for q in tok.encode_prompts(prompts))
-        p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed)
+        p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed)
         s = score_texts(rm, tok, p + p, c + r)
         diag.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
     if held_samples and task is not None:

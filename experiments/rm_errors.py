@@ -46,8 +46,7 @@ def main() -> None:
     rm.eval()
     task = get_task(args.task)
     prompts = [r["prompt"] for r in read_jsonl(Path(args.data) / "prompts_eval.jsonl", "prompts")][:args.n]
-    room = rm.config.block_size - max(len(q) for q in tok.encode_prompts(prompts))
-    p, c, r = policy_sample_pairs(policy, tok, task, prompts, min(96, room), temperature=1.0, seed=args.seed)
+    p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed)
     s = score_texts(rm, tok, p + p, c + r)
 
     rows = []

@@ -150,12 +150,15 @@ def weak_rm_warning(diag: dict, margin: float = 0.03) -> str | None:
 
 
 @torch.no_grad()
-def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
+def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: int | None = None, temperature: float = 1.0,
                         seed: int = 0, chunk: int = 512) -> tuple[list[str], list[str], list[str]]:
     """Two samples per prompt from `policy`, ordered by the task's simulated annotator -> (prompts,
     chosen, rejected). Pairs of identical samples are dropped. This is the distribution PPO's RM meets
     first (SFT samples), unlike the demonstration pairs it was trained on. Prompts are sampled `chunk` at a
-    time (one generator throughout), which bounds the KV cache."""
+    time (one generator throughout), which bounds the KV cache. max_new_tokens None: up to 96, as far as the
+    longest prompt leaves room in the context."""
+    if max_new_tokens is None:
+        max_new_tokens = min(96, policy.config.block_size - max(len(q) for q in tok.encode_prompts(prompts)))
     gen = torch.Generator().manual_seed(seed)
     texts = []
     for i in range(0, len(prompts), chunk):
