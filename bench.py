@@ -2,7 +2,7 @@
 PPO iteration split by stage, peak memory; with --compare-hf, HF transformers' `generate` on the same shape.
 
 Usage:
-    python bench.py --shape peer                    # the issue's reference shape on this CPU (fp32)
+    python bench.py --shape peer                    # the peer-comparison shape (README, performance) (fp32)
     python bench.py --shape peer --dtype bf16       # bf16 autocast (log-probs, ratios and losses stay fp32)
     python bench.py --shape peer --compare-hf       # needs: pip install -r requirements-bench.txt
     python bench.py --shape gpt2 --device cuda --dtype bf16    # GPT-2 small (124M) on a GPU
@@ -12,8 +12,7 @@ Every stage calls the code the scripts run: rlhf.model.generate, rlhf.sft.sft_lo
 rlhf.reward.bradley_terry_loss, rlhf.sampling.response_logprobs / response_values, rlhf.ppo and
 rlhf.ppo_update.ppo_update (train_ppo.py's update). Models have random weights and are never checkpointed.
 No row emits EOS (eos_id -1 is never sampled), so every row generates all --new tokens, as HF's
-min_new_tokens does. The PPO iteration: batch = the generation batch, 1 epoch, 1 minibatch (trl's setting in
-the issue); its RM stage scores token ids directly, so train_ppo.py's decode and re-encode of texts is not timed.
+min_new_tokens does. The PPO iteration: batch = the generation batch, 1 epoch, 1 minibatch (the trl peer's setting); its RM stage scores token ids directly, so train_ppo.py's decode and re-encode of texts is not timed.
 
 FLOPs, with N the parameters that multiply (the position table and the embedding lookup do not; the tied
 token embedding counts once, as the output projection of the policy; the RM has no output projection):
@@ -28,19 +27,20 @@ a slow period of the machine hits all stages alike. Figures are medians with [mi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from rlhf.config import arg, parse_args
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
 from rlhf.optim import make_optimizer
 from rlhf.ppo import gae, shaped_rewards, whiten
-from rlhf.ppo_update import ppo_update
+from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import DTYPES, autocast, maybe_compile
 from rlhf.reward import bradley_terry_loss
 from rlhf.sampling import response_logprobs, response_values
@@ -51,12 +51,12 @@ from rlhf.sft import sft_loss
 SHAPES = {
     "tiny": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, block_size=64,
                  batch=4, prompt=8, new=8, sft_batch=4, sft_len=16, rm_pairs=4, rm_len=16),
-    "peer": dict(vocab_size=8192, n_layer=4, n_head=4, n_embd=256, block_size=128,  # the issue's HF / trl figures
+    "peer": dict(vocab_size=8192, n_layer=4, n_head=4, n_embd=256, block_size=128,  # the shape of the HF / trl peer figures
                  batch=32, prompt=32, new=64, sft_batch=32, sft_len=96, rm_pairs=32, rm_len=98),
     "gpt2": dict(vocab_size=50257, n_layer=12, n_head=12, n_embd=768, block_size=1024,  # GPT-2 small, 124M
                  batch=32, prompt=128, new=128, sft_batch=16, sft_len=512, rm_pairs=16, rm_len=256),
 }
-# measured on this machine kind (2 cores, fp32, quiet) by the issue: HF transformers 5.23 and trl 1.12 / 1.16
+# measured on a quiet 2-core CPU of this kind (fp32), an earlier session (README, performance): HF transformers 5.23 and trl 1.12 / 1.16
 PEER_REFERENCE = {"gen_cache": 2035.0, "rm": 30.9, "ppo/total": 3.48, "ppo/rollout": 0.87, "ppo/rm": 0.16,
                   "ppo/ref": 0.24, "ppo/value": 0.16}
 # datasheet dense TFLOP/s (bf16, tf32), matched against torch.cuda.get_device_name()
@@ -64,34 +64,35 @@ PEAK_TFLOPS = {"H200": (989.0, 494.0), "H100 SXM": (989.0, 494.0), "H100 PCIe": 
                "A100": (312.0, 156.0), "L4": (121.0, 60.0), "A10": (125.0, 62.5)}
 
 
+STAGES = ["peak", "sft", "rm", "gen_cache", "gen_nocache", "ppo", "hf"]
+
+
+@dataclass
+class Args:
+    shape: str = arg("peer", "model and batch sizes", choices=list(SHAPES))
+    device: str = arg("cpu", "where to run", choices=["cpu", "cuda"])
+    dtype: str = arg("fp32", "bf16: autocast on the forwards (log-probs, ratios and losses stay fp32)", choices=list(DTYPES))
+    compile: bool = arg(False, "torch.compile the transformer blocks (rlhf.precision)")
+    repeats: int = arg(5, "timed rounds after one warm-up round", ge=1)
+    stages: str = arg("all", f"comma-separated subset of: {','.join(STAGES)} (hf only with --compare-hf)")
+    compare_hf: bool = arg(False, "also time HF transformers' GPT-2 generate on the same batch")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
+    seed: int = arg(0, "fixes the random weights, inputs and sampling")
+    json: str | None = arg(None, "also write every figure to this JSON file")
+
+    def __post_init__(self):  # parse_args turns a ValueError here into argparse's status-2 message
+        allowed = STAGES if self.compare_hf else STAGES[:-1]
+        chosen = allowed if self.stages == "all" else self.stages.split(",")
+        bad = [x for x in chosen if x not in allowed]
+        if bad:
+            raise ValueError(f"--stages must be a comma-separated subset of: {', '.join(allowed)} (got {','.join(bad)!r})")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA GPU is visible to torch")
+        self.stages = [x for x in allowed if x in chosen]
+
+
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
-    p.add_argument("--shape", default="peer", help=f"model and batch sizes: {', '.join(SHAPES)} (default: peer)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="fp32", help=f"{' or '.join(DTYPES)}: bf16 autocast on the forwards (default: fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (rlhf.precision)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up round (default: 5)")
-    p.add_argument("--stages", default="all", help="comma-separated subset of: peak,sft,rm,gen_cache,gen_nocache,ppo,hf (default: all; hf only with --compare-hf)")
-    p.add_argument("--compare-hf", action="store_true", help="also time HF transformers' GPT-2 generate on the same batch")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, metavar="OUT", help="also write every figure to this JSON file")
-    a = p.parse_args()
-    stages = ["peak", "sft", "rm", "gen_cache", "gen_nocache", "ppo"] + (["hf"] if a.compare_hf else [])
-    checks = [(a.shape in SHAPES, f"--shape must be one of: {', '.join(SHAPES)} (got {a.shape!r})"),
-              (a.device in ("cpu", "cuda"), f"--device must be one of: cpu, cuda (got {a.device!r})"),
-              (a.dtype in DTYPES, f"--dtype must be one of: {', '.join(DTYPES)} (got {a.dtype!r})"),
-              (a.repeats >= 1, f"--repeats must be >= 1 (got {a.repeats})"), (a.threads >= 0, f"--threads must be >= 0 (got {a.threads})")]
-    if a.stages != "all":
-        bad = [s for s in a.stages.split(",") if s not in stages]
-        checks.append((not bad, f"--stages must be a comma-separated subset of: {', '.join(stages)} (got {','.join(bad)!r})"))
-        stages = [s for s in stages if s in a.stages.split(",")]
-    checks.append((a.device != "cuda" or torch.cuda.is_available(), "--device cuda: no CUDA GPU is visible to torch"))
-    for ok, msg in checks:
-        if not ok:
-            p.error(msg)
-    a.stages = stages
-    return a
+    return parse_args(Args, description=__doc__.split("\n")[0])
 
 
 def timer(device):
@@ -210,9 +211,8 @@ def build(a, s):
         advantages, returns = gae(rewards, old_values, rmask, gamma=1.0, lam=0.95)
         advantages = whiten(advantages, rmask)
         t["advantages"] = now()
-        ppo_update(policy, value, [opt["policy"], opt["value"]], q, qm, r, rmask, old_logprobs, old_values, advantages, returns,
-                   ppo_epochs=1, minibatches=1, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, temperature=1.0,
-                   grad_clip=1.0, generator=torch.Generator().manual_seed(a.seed), shared=False, dtype=a.dtype)
+        ppo_update(policy, value, [opt["policy"], opt["value"]], Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns),
+                   PPOHParams(ppo_epochs=1, minibatches=1, dtype=a.dtype), torch.Generator().manual_seed(a.seed))
         t["update"] = now()
         keys = list(t)
         out = {k: t[k] - t[p] for p, k in zip(keys, keys[1:])}
@@ -345,17 +345,17 @@ def main():
         res["peak_rss_mib"] = rss
 
     reference = PEER_REFERENCE if a.shape == "peer" and a.device == "cpu" else {}
-    print(f"\n{'stage':<30} {'median':>10} {'[min - max]':>23}  {'unit':<8} {'issue ref':>10} {'ratio':>6}  note")
+    print(f"\n{'stage':<30} {'median':>10} {'[min - max]':>23}  {'unit':<8} {'peer ref':>10} {'ratio':>6}  note")
     for key, name, med, lo, hi, unit, note in rows:
         ref_txt, ratio = "", ""
         if key in reference:
             ref_txt = fmt(reference[key])
             ratio = f"{(reference[key] / med if unit == 's' else med / reference[key]):.2f}x"  # > 1: ours faster
-            res[f"{key}/vs_issue_ref"] = float(ratio[:-1])
+            res[f"{key}/vs_peer_ref"] = float(ratio[:-1])
         span = f"[{fmt(lo)} - {fmt(hi)}]" if lo is not None else ""
         print(f"{name:<30} {fmt(med):>10} {span:>23}  {unit:<8} {ref_txt:>10} {ratio:>6}  {note}")
     if reference:
-        print("issue ref: HF transformers 5.23 generate, trl 1.12 PPO (1 epoch, 1 minibatch), trl 1.16 RewardTrainer, "
+        print("peer ref: HF transformers 5.23 generate, trl 1.12 PPO (1 epoch, 1 minibatch), trl 1.16 RewardTrainer, "
               "on a quiet machine of this kind; ratio > 1: ours faster")
     if a.json:
         with open(a.json, "w") as f:

@@ -1,4 +1,4 @@
-"""Evaluate a policy against a reference policy (DESIGN.md §6): gold win rate, gold and proxy scores, KL, length.
+"""Evaluate a policy against a reference policy: gold win rate, gold and proxy scores, KL, length.
 
 Usage:
     python evaluate.py --policy runs/ppo/ckpt --reference runs/sft/ckpt --rm runs/rm/ckpt --data data/story --out runs/ppo/eval.json
@@ -18,13 +18,14 @@ Writes --out (the metrics as JSON, with this run's arguments) and beside it <out
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model
-from rlhf.config import config_to_dict, parse_args, run_cli, start_script
+from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.run import run_cli, start_script
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.sampling import check_prompts_fit
@@ -32,20 +33,20 @@ from rlhf.sampling import check_prompts_fit
 
 @dataclass
 class Args:
-    policy: str = field(default="runs/ppo/ckpt", metadata={"help": "policy checkpoint to evaluate"})
-    reference: str | None = field(default="runs/sft/ckpt", metadata={"help": "reference policy (win rate and KL are against it; none: skip both)"})
-    rm: str | None = field(default=None, metadata={"help": "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n"})
-    data: str = field(default="data/story", metadata={"help": "directory with prompts_eval.jsonl and meta.json (the gold judge)"})
-    prompts: str | None = field(default=None, metadata={"help": "a prompts JSONL to use instead of DATA/prompts_eval.jsonl"})
-    n_eval: int = field(default=400, metadata={"help": "evaluate the first N prompts", "min": 1})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature", "min": 0.0, "min_exclusive": True})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "longest response (default: context minus the longest prompt, at most 96)", "min": 1})
-    best_of_n: int = field(default=1, metadata={"help": "sample N per prompt and keep the RM's favourite (needs --rm)", "min": 1})
-    seed: int = field(default=0, metadata={"help": "sampling seed (the reference uses seed + 1)"})
-    batch_size: int = field(default=64, metadata={"help": "prompts per generate / scoring call", "min": 1})
-    out: str = field(default="runs/eval.json", metadata={"help": "metrics JSON; samples go beside it as <stem>.samples.jsonl"})
-    name: str | None = field(default=None, metadata={"help": "row label in the table (default: the policy path)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    policy: str = arg("runs/ppo/ckpt", "policy checkpoint to evaluate")
+    reference: str | None = arg("runs/sft/ckpt", "reference policy (win rate and KL are against it; none: skip both)")
+    rm: str | None = arg(None, "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n")
+    data: str = arg("data/story", "directory with prompts_eval.jsonl and meta.json (the gold judge)")
+    prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl")
+    n_eval: int = arg(400, "evaluate the first N prompts", ge=1)
+    temperature: float = arg(0.7, "sampling temperature", gt=0.0)
+    max_new_tokens: int | None = arg(None, "longest response (default: context minus the longest prompt, at most 96)", ge=1)
+    best_of_n: int = arg(1, "sample N per prompt and keep the RM's favourite (needs --rm)", ge=1)
+    seed: int = arg(0, "sampling seed (the reference uses seed + 1)")
+    batch_size: int = arg(64, "prompts per generate / scoring call", ge=1)
+    out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
+    name: str | None = arg(None, "row label in the table (default: the policy path)")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
 
 
 def fmt(m: dict, key: str, digits: int = 3) -> str:

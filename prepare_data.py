@@ -18,28 +18,29 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf import tasks
-from rlhf.config import config_to_dict, parse_args, print_config, run_cli
+from rlhf.config import arg, config_to_dict, parse_args, print_config
+from rlhf.run import run_cli
 from rlhf.data import write_json, write_jsonl
 
 
 @dataclass
 class Args:
-    task: str = field(default="story", metadata={"help": "built-in task", "choices": ["story", "algo"]})
-    out: str = field(default="data/story", metadata={"help": "output directory"})
-    seed: int = field(default=0, metadata={"help": "fixes every prompt, demonstration and label"})
-    n_sft: int = field(default=20000, metadata={"help": "SFT demonstrations", "min": 1})
-    n_pairs: int = field(default=10000, metadata={"help": "labelled preference pairs", "min": 1})
-    n_rl: int = field(default=2000, metadata={"help": "RL prompts", "min": 1})
-    n_unlabelled: int = field(default=1000, metadata={"help": "unlabelled prompts (RLP policy samples)", "min": 1})
-    n_eval: int = field(default=400, metadata={"help": "held-out evaluation prompts", "min": 1})
-    tau: float | None = field(default=None, metadata={"help": "annotator noise temperature (task default when unset)", "min": 0.0, "min_exclusive": True})
-    flip_rate: float | None = field(default=None, metadata={"help": "annotator label-flip rate in [0, 0.5] (task default when unset)", "min": 0.0, "max": 0.5})
-    length_bias: float | None = field(default=None, metadata={"help": "annotator preference for length, logits per 10 words (task default when unset)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing data directory"})
+    task: str = arg("story", "built-in task", choices=["story", "algo"])
+    out: str = arg("data/story", "output directory")
+    seed: int = arg(0, "fixes every prompt, demonstration and label")
+    n_sft: int = arg(20000, "SFT demonstrations", ge=1)
+    n_pairs: int = arg(10000, "labelled preference pairs", ge=1)
+    n_rl: int = arg(2000, "RL prompts", ge=1)
+    n_unlabelled: int = arg(1000, "unlabelled prompts (RLP policy samples)", ge=1)
+    n_eval: int = arg(400, "held-out evaluation prompts", ge=1)
+    tau: float | None = arg(None, "annotator noise temperature (task default when unset)", gt=0.0)
+    flip_rate: float | None = arg(None, "annotator label-flip rate in [0, 0.5] (task default when unset)", ge=0.0, le=0.5)
+    length_bias: float | None = arg(None, "annotator preference for length, logits per 10 words (task default when unset)")
+    overwrite: bool = arg(False, "replace an existing data directory")
 
 
 def label_pairs(task, prompts: list[str], rng: random.Random) -> tuple[list[dict], dict]:

@@ -5,19 +5,23 @@ Usage:
     python reproduce.py --seeds 3                         # the README's table
     python reproduce.py --preset smoke --task algo --out runs/repro_smoke   # the end-to-end test, ~2 minutes
     python reproduce.py --noise-sweep                     # also: how each method degrades with noisier labels
+    python reproduce.py --out runs/rlp --methods sft,ppo,rlp_uml,rlp_spg --ppo-seeds 3   # as experiments/rlp.sh
 
-For each seed s, under OUT/s<s>/ (DESIGN.md section 7; every stage is one of the repo's scripts):
+For each seed s, under OUT/s<s>/ (every stage is one of the repo's scripts; the README lists them):
     prepare_data -> train_sft -> train_rm -> evaluate (SFT, best-of-n)
                                           -> train_ppo (RM)          -> evaluate
                  -> sample_baselines (SFT, k per RL prompt) -> train_ppo (contrastive) -> evaluate
     PPO policy -> sample_baselines (n per unlabelled prompt, T = 1) -> train_rm (UML | SPG) -> train_ppo from SFT
     (optional method `oracle`: train_ppo on the gold reward, the upper bound)
+--ppo-seeds K repeats every train_ppo stage and its evaluation with K PPO seeds (s, s + N, ..., N = --seeds) over
+the seed's one SFT, RM, baselines and retrained RMs; the RLP samples come from the first PPO seed's policy.
 
 Every evaluation uses the first RM for the proxy score, so proxy scores compare across methods. Outputs in OUT:
 table.md and results.json (gold win rate vs SFT with its 95% interval, gold, proxy, KL, length; mean +- std over
-seeds), curves.csv (gold and proxy against KL from every PPO run's logged evaluations), winrates.csv, and
-curves.png / winrates.png when matplotlib is installed (pip install -r requirements-plot.txt). --noise-sweep adds
-noise_table.md / noise.json: labels, RM and the PPO-family methods rerun at each --noise-levels flip rate.
+runs), curves.csv (gold and proxy against KL from every PPO run's logged evaluations), winrates.csv, runs.csv (each
+PPO run's advantage variance and its RM's diagnostics), and curves.png / winrates.png when matplotlib is installed
+(pip install -r requirements-plot.txt). --noise-sweep adds noise_table.md / noise.json: labels, RM and the
+PPO-family methods rerun at each --noise-levels flip rate.
 
 Stages are cached: OUT/stages/<stage>.json records the exact command of a finished stage, and a stage whose record
 matches is skipped. A changed configuration reruns the stage (and so everything after it whose command changes);
@@ -26,26 +30,23 @@ Each stage's output goes to OUT/logs/<stage>.log; a failing stage stops the run 
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
 import signal
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from rlhf.config import parse_args, read_metrics, run_cli
-from rlhf.data import atomic_write_bytes, read_json, write_json
+from rlhf.config import arg, parse_args
+from rlhf.data import read_json, write_json
+from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagnostics, summarise, table, winrates,
+                         write_csv, write_text)
+from rlhf.run import run_cli
 
-METHODS = ["sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
-LABELS = {"sft": "SFT", "best_of_n": "best-of-n (SFT, RM)", "ppo": "PPO", "contrastive": "PPO + contrastive rewards",
-          "rlp_uml": "RLP-UML", "rlp_spg": "RLP-SPG", "oracle": "PPO on gold (oracle)"}
 PPO_FAMILY = ["ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
 # What each preset changes beyond passing --preset to every script. Tiny: the README's settings.
 SETTINGS = {
@@ -58,19 +59,19 @@ SETTINGS = {
 
 @dataclass
 class Args:
-    out: str = field(default="runs/reproduce", metadata={"help": "output directory (stages, logs, table)"})
-    task: str = field(default="story", metadata={"help": "built-in task", "choices": ["story", "algo"]})
-    preset: str = field(default="tiny", metadata={"help": "size preset passed to every stage", "choices": list(SETTINGS)})
-    seeds: int = field(default=1, metadata={"help": "seeds 0..N-1; each runs the whole pipeline", "min": 1})
-    methods: str = field(default="sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg",
-                         metadata={"help": "comma-separated, from " + ",".join(METHODS)})
-    ppo_steps: int | None = field(default=None, metadata={"help": "PPO iterations (default: the preset's)", "min": 1})
-    best_of_n: int = field(default=4, metadata={"help": "n of the best-of-n baseline", "min": 2})
-    uml_weight: float = field(default=0.5, metadata={"help": "RLP-UML lambda (paper 0.5)", "min": 0.0, "min_exclusive": True})
-    spg_gamma: float = field(default=0.5, metadata={"help": "RLP-SPG gamma (paper 0.5)", "min": 0.0, "max": 1.0})
-    noise_sweep: bool = field(default=False, metadata={"help": "also rerun labels, RM and the PPO-family at --noise-levels"})
-    noise_levels: str = field(default="0.0,0.1,0.25,0.4", metadata={"help": "annotator label-flip rates for --noise-sweep, each in [0, 0.5]"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads for every stage (0: torch's default)", "min": 0})
+    out: str = arg("runs/reproduce", "output directory (stages, logs, table)")
+    task: str = arg("story", "built-in task", choices=["story", "algo"])
+    preset: str = arg("tiny", "size preset passed to every stage", choices=list(SETTINGS))
+    seeds: int = arg(1, "seeds 0..N-1; each runs the whole pipeline", ge=1)
+    ppo_seeds: int = arg(1, "PPO seeds per seed: every PPO run and its evaluation over the seed's fixed SFT and RMs", ge=1)
+    methods: str = arg("sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg", "comma-separated, from " + ",".join(METHODS))
+    ppo_steps: int | None = arg(None, "PPO iterations (default: the preset's)", ge=1)
+    best_of_n: int = arg(4, "n of the best-of-n baseline", ge=2)
+    uml_weight: float = arg(0.5, "RLP-UML lambda (paper 0.5)", gt=0.0)
+    spg_gamma: float = arg(0.5, "RLP-SPG gamma (paper 0.5)", ge=0.0, le=1.0)
+    noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
+    noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
+    threads: int = arg(0, "torch CPU threads for every stage (0: torch's default)", ge=0)
 
 
 def _die_with_parent():
@@ -143,9 +144,22 @@ class Stages:
         return read_json(rec).get("seconds", 0.0) if rec.exists() else 0.0
 
 
-def pipeline(st: Stages, args, d: Path, tag: str, seed: int, methods: list[str], sft: Path | None = None,
-             flip_rate: float | None = None) -> dict[str, Path]:
-    """One seed (or one noise level) of every method; returns method -> its evaluation JSON."""
+class CountStages:
+    """Stands in for Stages and runs nothing: pipeline(CountStages(), ...) counts the stages the real call runs."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, name: str, script: str, *argv, out: Path, kind: str = "train") -> Path:
+        self.n += 1
+        return out
+
+
+def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Path | None = None,
+             flip_rate: float | None = None) -> list[dict]:
+    """One seed (or one noise level) of every method. Returns one record per evaluated run: method, seed (of the
+    data, SFT and RM), run_seed (its own: the PPO seed), flip_rate, eval (JSON), rm (its RM's directory) and dir
+    (its training directory; PPO family only). The first PPO seed is `seed`, with the one-PPO-seed names."""
     cfg = SETTINGS[args.preset]
     steps = args.ppo_steps or cfg["ppo_steps"]
     pre = ["--preset", args.preset, "--seed", seed]
@@ -154,151 +168,74 @@ def pipeline(st: Stages, args, d: Path, tag: str, seed: int, methods: list[str],
     if sft is None:
         sft = st(f"{tag}sft", "train_sft.py", *pre, "--data", data, *cfg["sft"], "--out", d / "sft", out=d / "sft") / "ckpt"
     rm = st(f"{tag}rm", "train_rm.py", *pre, "--data", data, "--sft", sft, *cfg["rm"], "--out", d / "rm", out=d / "rm") / "ckpt"
-    ppo_args = [*pre, "--data", data, "--sft", sft, "--steps", steps, "--eval-every", cfg["eval_every"], *cfg["ppo"]]
-    policies, rms = {}, {}
-    if "sft" in methods:
-        policies["sft"] = sft
-    if "best_of_n" in methods:
-        policies["best_of_n"] = sft
+    ppo_seeds = [seed + p * args.seeds for p in range(args.ppo_seeds)]
+    runs = {m: [(seed, m, None, rm)] for m in ("sft", "best_of_n") if m in methods}  # method -> (seed, name, dir, RM)
+
+    def ppo(m: str, run_rm: Path, *flags, first_only: bool = False):
+        for ps in ppo_seeds[:1] if first_only else ppo_seeds:
+            name = m if ps == seed else f"{m}_ps{ps}"
+            st(f"{tag}{name}", "train_ppo.py", "--preset", args.preset, "--seed", ps, "--data", data, "--sft", sft,
+               "--steps", steps, "--eval-every", cfg["eval_every"], *cfg["ppo"], "--rm", run_rm, *flags,
+               "--out", d / name, out=d / name)
+            runs.setdefault(m, []).append((ps, name, d / name, run_rm))
+
     if any(m in methods for m in ("ppo", "rlp_uml", "rlp_spg")):
-        policies["ppo"] = st(f"{tag}ppo", "train_ppo.py", *ppo_args, "--rm", rm, "--out", d / "ppo", out=d / "ppo") / "ckpt"
+        ppo("ppo", rm, first_only="ppo" not in methods)  # RLP alone samples from the first PPO seed only
     if "contrastive" in methods:
         base = st(f"{tag}baselines", "sample_baselines.py", "--policy", sft, "--rm", rm, "--prompts", data / "prompts_rl.jsonl",
                   "--k", cfg["k_baselines"], "--seed", seed, "--out", d / "baselines.jsonl", out=d / "baselines.jsonl", kind="samples")
-        policies["contrastive"] = st(f"{tag}contrastive", "train_ppo.py", *ppo_args, "--rm", rm, "--reward", "contrastive",
-                                     "--baselines", base, "--out", d / "contrastive", out=d / "contrastive") / "ckpt"
+        ppo("contrastive", rm, "--reward", "contrastive", "--baselines", base)
     if "rlp_uml" in methods or "rlp_spg" in methods:
-        samples = st(f"{tag}rlp_samples", "sample_baselines.py", "--policy", policies["ppo"], "--rm", rm, "--prompts",
+        samples = st(f"{tag}rlp_samples", "sample_baselines.py", "--policy", d / "ppo" / "ckpt", "--rm", rm, "--prompts",
                      data / "prompts_unlabelled.jsonl", "--k", cfg["n_rlp"], "--temperature", 1.0, "--seed", seed,
                      "--out", d / "rlp_samples.jsonl", out=d / "rlp_samples.jsonl", kind="samples")
         for m, flags in (("rlp_uml", ["--uml-weight", args.uml_weight]), ("rlp_spg", ["--spg-gamma", args.spg_gamma])):
             if m in methods:
-                rms[m] = st(f"{tag}rm_{m}", "train_rm.py", *pre, "--data", data, "--sft", sft, "--policy-samples", samples,
-                            *flags, *cfg["rm"], "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt"
-                policies[m] = st(f"{tag}{m}", "train_ppo.py", *ppo_args, "--rm", rms[m], "--out", d / m, out=d / m) / "ckpt"
+                ppo(m, st(f"{tag}rm_{m}", "train_rm.py", *pre, "--data", data, "--sft", sft, "--policy-samples", samples,
+                          *flags, *cfg["rm"], "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt")
     if "oracle" in methods:
-        policies["oracle"] = st(f"{tag}oracle", "train_ppo.py", *ppo_args, "--rm", rm, "--reward", "gold",
-                                "--out", d / "oracle", out=d / "oracle") / "ckpt"
-    evals = {}
+        ppo("oracle", rm, "--reward", "gold")
+    records = []
     for m in methods:
-        extra = ["--best-of-n", args.best_of_n] if m == "best_of_n" else []
-        evals[m] = st(f"{tag}eval_{m}", "evaluate.py", "--policy", policies[m], "--reference", sft, "--rm", rm, "--data", data,
-                      "--n-eval", cfg["n_eval"], "--seed", seed, *extra, "--out", d / "eval" / f"{m}.json",
-                      "--name", f"{m}-s{seed}", out=d / "eval" / f"{m}.json", kind="eval")
-    return evals
+        for ps, name, run_dir, run_rm in runs[m]:
+            extra = ["--best-of-n", args.best_of_n] if m == "best_of_n" else []
+            label = f"{m}-s{seed}" + (f"-ps{ps}" if ps != seed else "")
+            ev = st(f"{tag}eval_{name}", "evaluate.py", "--policy", run_dir / "ckpt" if run_dir else sft, "--reference", sft,
+                    "--rm", rm, "--data", data, "--n-eval", cfg["n_eval"], "--seed", seed, *extra,
+                    "--out", d / "eval" / f"{name}.json", "--name", label, out=d / "eval" / f"{name}.json", kind="eval")
+            records.append({"method": m, "seed": seed, "run_seed": ps, "flip_rate": flip_rate, "eval": ev,
+                            "rm": Path(run_rm).parent, "dir": run_dir})
+    return records
 
 
-COLUMNS = [("gold/win_rate", "gold win rate vs SFT"), ("gold/score", "gold"), ("proxy/score", "proxy (first RM)"),
-           ("proxy/gain", "proxy minus SFT's (same seed)"), ("objective/kl", "KL to SFT"), ("eval/length", "length")]
+def run_all(st, args, methods: list[str], levels: list[float]) -> dict:
+    """Every stage of the call, seed by seed: the pipeline, then its PPO family at each noise level (with the seed's
+    SFT). Returns flip rate (None: the data's own annotator) -> run records, each list in table order."""
+    fam = [m for m in methods if m in PPO_FAMILY]
+    records = {None: [], **{lvl: [] for lvl in levels}}
+    for seed in range(args.seeds):
+        d = Path(args.out) / f"s{seed}"
+        records[None] += pipeline(st, args, d, f"s{seed}_", seed, methods)
+        for lvl in levels:  # the same prompts and demonstrations (same seed); only the labels change
+            if fam:
+                records[lvl] += pipeline(st, args, d / f"noise{lvl}", f"s{seed}_noise{lvl}_", seed, fam,
+                                         sft=d / "sft" / "ckpt", flip_rate=lvl)
+            else:
+                st(f"s{seed}_noise{lvl}_data", "prepare_data.py", "--task", args.task, "--out", d / f"noise{lvl}" / "data",
+                   "--seed", seed, *SETTINGS[args.preset]["data"], "--flip-rate", lvl, out=d / f"noise{lvl}" / "data", kind="data")
+    return {lvl: sorted(recs, key=lambda r: METHODS.index(r["method"])) for lvl, recs in records.items()}
 
 
-def summarise(evals: dict[str, list[Path]], base: str = "sft") -> dict:
-    """method -> per-seed metrics and mean / std of each column (std is 0 for one seed).
-
-    Each seed has its own RM, whose scores have an arbitrary offset, so the proxy's mean over seeds mixes
-    scales. `proxy/gain` is the proxy score minus the `base` method's (SFT's) proxy score in the same seed,
-    which compares across seeds; it is absent (NaN, shown as "-") when `base` was not evaluated."""
-    ref = [read_json(p) for p in evals.get(base, [])]
-    out = {}
-    for m, paths in evals.items():
-        rows = [read_json(p) for p in paths]
-        for r, b in zip(rows, ref):  # seed by seed: both lists are in seed order
-            if r.get("proxy/score") is not None and b.get("proxy/score") is not None:
-                r["proxy/gain"] = float(r["proxy/score"]) - float(b["proxy/score"])
-        s = {"seeds": [{k: r.get(k) for k, _ in COLUMNS + [("gold/win_rate_lo", ""), ("gold/win_rate_hi", "")]} for r in rows]}
-        for k, _ in COLUMNS:
-            xs = [float(r[k]) for r in rows if r.get(k) is not None]
-            s[k] = {"mean": statistics.fmean(xs) if xs else float("nan"),
-                    "std": statistics.stdev(xs) if len(xs) > 1 else 0.0}
-        out[m] = s
-    return out
+def count_stages(args, methods: list[str], levels: list[float]) -> int:
+    """The number of stages run_all calls for these arguments (it runs run_all with a CountStages)."""
+    counter = CountStages()
+    run_all(counter, args, methods, levels)
+    return counter.n
 
 
-def table(summary: dict, first_col: str = "method") -> str:
-    head = f"| {first_col} | " + " | ".join(label for _, label in COLUMNS) + " | per-seed win rate [95% CI] |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for name, s in summary.items():
-        cells = ["-" if math.isnan(s[k]["mean"]) else f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if len(s["seeds"]) > 1
-                 else f"{s[k]['mean']:.3f}" for k, _ in COLUMNS]
-        ci = "; ".join(f"{r['gold/win_rate']:.3f} [{r['gold/win_rate_lo']:.3f}, {r['gold/win_rate_hi']:.3f}]" for r in s["seeds"])
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, [text.encode()])
-
-
-def curves(runs: dict[str, list[Path]], start: list[Path]) -> list[dict]:
-    """Every logged evaluation of every PPO-family run: (method, seed, step, KL, gold, proxy) -> curves.csv.
-    proxy is the score of the RM that run trained against (for RLP the retrained RM; none for the oracle).
-    A run without its own step-0 evaluation starts at its seed's SFT evaluation (KL 0) from `start` (SFT eval JSONs)."""
-    rows = []
-    for m, dirs in runs.items():
-        for seed, d in enumerate(dirs):
-            logged = read_metrics(d / "metrics.jsonl")
-            if seed < len(start) and not any(r.get("step") == 0 and "gold/score" in r for r in logged):
-                e = read_json(start[seed])
-                own_rm = m in ("ppo", "contrastive")  # RLP runs train on another RM; the oracle on none
-                rows.append({"method": m, "seed": seed, "step": 0, "kl": 0.0, "gold": e["gold/score"],
-                             "proxy": e.get("proxy/score") if own_rm else None})
-            for r in logged:
-                if "gold/score" in r:  # an evaluation line: objective/kl is then the held-out KL
-                    rows.append({"method": m, "seed": seed, "step": r.get("step"), "kl": r["objective/kl"],
-                                 "gold": r["gold/score"], "proxy": r.get("proxy/score")})
-    return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    import io
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
-    """curves.png and winrates.png with matplotlib, or a line saying how to get them."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: wrote the CSVs only (pip install -r requirements-plot.txt for the PNGs)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("gold", "proxy")):
-        for m in dict.fromkeys(r["method"] for r in curve_rows):
-            for seed in sorted({r["seed"] for r in curve_rows if r["method"] == m}):
-                pts = [(r["kl"], r[key]) for r in sorted(curve_rows, key=lambda r: r["step"])  # in training order
-                       if r["method"] == m and r["seed"] == seed and r[key] not in (None, "")]
-                if pts and key == "proxy":  # each run's RM has its own offset: plot the gain since the run's start
-                    pts = [(kl, y - pts[0][1]) for kl, y in pts]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=LABELS[m] if seed == 0 else None,
-                            color=f"C{METHODS.index(m)}", alpha=0.8)
-        ax.set_xlabel("KL(policy || SFT), nats per response")
-        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the run's start\n(the RM each run trained against)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "curves.png.tmp.png", dpi=110)
-    (out / "curves.png.tmp.png").replace(out / "curves.png")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = list(summary)
-    means = [summary[m]["gold/win_rate"]["mean"] for m in names]
-    los = [min(r["gold/win_rate_lo"] for r in summary[m]["seeds"]) for m in names]
-    his = [max(r["gold/win_rate_hi"] for r in summary[m]["seeds"]) for m in names]
-    ax.bar(range(len(names)), means, yerr=[[a - b for a, b in zip(means, los)], [b - a for a, b in zip(means, his)]],
-           color=[f"C{METHODS.index(m)}" for m in names], capsize=4)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("gold win rate vs SFT")
-    fig.tight_layout()
-    fig.savefig(out / "winrates.png.tmp.png", dpi=110)
-    (out / "winrates.png.tmp.png").replace(out / "winrates.png")
-    plt.close("all")
-    return "wrote curves.png and winrates.png"
+def by_method(records: list[dict], methods: list[str], key: str) -> dict[str, list]:
+    """method -> the `key` of each of its run records, in order."""
+    return {m: [r[key] for r in records if r["method"] == m] for m in methods}
 
 
 def parse_methods(text: str) -> list[str]:
@@ -319,17 +256,6 @@ def parse_levels(text: str) -> list[float]:
     return levels
 
 
-def count_stages(methods: list[str], seeds: int, levels: list[float]) -> int:
-    """Stages the progress bar expects: data, SFT, RM, then one per method-specific step and one eval per method."""
-    per = {"sft": 1, "best_of_n": 1, "contrastive": 3, "oracle": 2, "rlp_uml": 3, "rlp_spg": 3}
-    ppo = 1 if any(m in methods for m in ("ppo", "rlp_uml", "rlp_spg")) else 0
-    rlp = 1 if any(m in methods for m in ("rlp_uml", "rlp_spg")) else 0
-    n = 3 + ppo + rlp + sum(per.get(m, 1) for m in methods)
-    ppo_family = [m for m in methods if m in PPO_FAMILY]
-    n_noise = (2 + ppo + rlp + sum(per.get(m, 1) for m in ppo_family)) if ppo_family else 2
-    return seeds * (n + len(levels) * n_noise)
-
-
 def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
     methods = parse_methods(args.methods)
@@ -337,32 +263,20 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods})
-    st = Stages(out, count_stages(methods, args.seeds, levels), args.threads)
+    st = Stages(out, count_stages(args, methods, levels), args.threads)
     t0 = time.time()
-    evals = {m: [] for m in methods}
-    noise_evals = {lvl: {m: [] for m in methods if m in PPO_FAMILY} for lvl in levels}
-    for seed in range(args.seeds):
-        d = out / f"s{seed}"
-        for m, p in pipeline(st, args, d, f"s{seed}_", seed, methods).items():
-            evals[m].append(p)
-        for lvl in levels:  # the same prompts and demonstrations (same seed); only the labels change
-            fam = [m for m in methods if m in PPO_FAMILY]
-            if fam:
-                for m, p in pipeline(st, args, d / f"noise{lvl}", f"s{seed}_noise{lvl}_", seed, fam,
-                                     sft=d / "sft" / "ckpt", flip_rate=lvl).items():
-                    noise_evals[lvl][m].append(p)
-            else:
-                st(f"s{seed}_noise{lvl}_data", "prepare_data.py", "--task", args.task, "--out", d / f"noise{lvl}" / "data",
-                   "--seed", seed, *SETTINGS[args.preset]["data"], "--flip-rate", lvl, out=d / f"noise{lvl}" / "data", kind="data")
+    records = run_all(st, args, methods, levels)
     st.bar.close()
-    summary = summarise(evals)
-    runs = {m: [out / f"s{s}" / m for s in range(args.seeds)] for m in methods if m in PPO_FAMILY}
-    curve_rows = curves(runs, evals.get("sft", []))
+    base = records.pop(None)
+    summary = summarise(by_method(base, methods, "eval"), seed_of=by_method(base, methods, "seed"))
+    sft_evals = {r["seed"]: r["eval"] for r in base if r["method"] == "sft"}
+    curve_rows = curves([r for r in base if r["dir"]], sft_evals)
     write_csv(out / "curves.csv", curve_rows)
-    write_csv(out / "winrates.csv", [{"method": m, "seed": s, **{k: r[k] for k in ("gold/win_rate", "gold/win_rate_lo", "gold/win_rate_hi")}}
-                                     for m, v in summary.items() for s, r in enumerate(v["seeds"])])
+    write_csv(out / "winrates.csv", winrates(summary, by_method(base, methods, "run_seed")))
+    write_csv(out / "runs.csv", run_diagnostics([r for recs in (base, *records.values()) for r in recs if r["dir"]]))
     wall = time.time() - t0
-    header = (f"task {args.task}, preset {args.preset}, {args.seeds} seed(s), {SETTINGS[args.preset]['n_eval']} held-out prompts; "
+    header = (f"task {args.task}, preset {args.preset}, {args.seeds} seed(s)"
+              f"{f' x {args.ppo_seeds} PPO seeds' if args.ppo_seeds > 1 else ''}, {SETTINGS[args.preset]['n_eval']} held-out prompts; "
               f"PPO {args.ppo_steps or SETTINGS[args.preset]['ppo_steps']} iterations; best-of-{args.best_of_n}\n\n")
     md = header + table({LABELS[m]: s for m, s in summary.items()})
     results = {"config": {**vars(args), "methods": methods}, "methods": summary,
@@ -370,15 +284,10 @@ def main(argv=None):
                                  if not p.name.endswith(".pending.json")},
                "wall_seconds_this_call": round(wall, 1), "stages_run": st.ran, "stages_reused": st.reused}
     if levels:
-        noise = {lvl: summarise(v) for lvl, v in noise_evals.items() if any(v.values())}
-        pivot = ["| method | " + " | ".join(f"flip {lvl}" for lvl in noise) + " |", "|---|" + "---|" * len(noise)]
-        for m in dict.fromkeys(m for v in noise.values() for m in v):
-            cells = [f"{v[m]['gold/win_rate']['mean']:.3f} ± {v[m]['gold/win_rate']['std']:.3f}" if m in v else "-" for v in noise.values()]
-            pivot.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
-        nmd = ("gold win rate vs SFT at each annotator label-flip rate (same prompts and demonstrations, same SFT policy; "
-               "labels, RM and every later stage rerun)\n\n" + "\n".join(pivot) + "\n" +
-               "".join(f"\n### label-flip rate {lvl}\n\n" + table({LABELS[m]: s for m, s in v.items()}) for lvl, v in noise.items()))
-        write_text(out / "noise_table.md", header + nmd)
+        fam = [m for m in methods if m in PPO_FAMILY]
+        noise = {lvl: summarise(by_method(recs, fam, "eval"), seed_of=by_method(recs, fam, "seed"))
+                 for lvl, recs in records.items() if recs}
+        write_text(out / "noise_table.md", header + noise_table(noise))
         write_json(out / "noise.json", {str(k): v for k, v in noise.items()})
         results["noise"] = {str(k): v for k, v in noise.items()}
     write_json(out / "results.json", results)

@@ -15,14 +15,15 @@ seeded by (seed, chunk), so a run interrupted between chunks resumes to the same
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rlhf.checkpoint import load_model
-from rlhf.config import config_to_dict, parse_args, run_cli, start_script
+from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.run import run_cli, start_script
 from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.reward import score_texts
@@ -31,16 +32,16 @@ from rlhf.sampling import check_prompts_fit, sample
 
 @dataclass
 class Args:
-    policy: str = field(default="runs/sft/ckpt", metadata={"help": "policy checkpoint to sample from"})
-    rm: str = field(default="runs/rm/ckpt", metadata={"help": "reward model checkpoint that scores the samples"})
-    prompts: str = field(default="data/story/prompts_rl.jsonl", metadata={"help": "prompts JSONL"})
-    out: str = field(default="runs/baselines.jsonl", metadata={"help": "output samples JSONL"})
-    k: int = field(default=4, metadata={"help": "responses per prompt", "min": 1})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature", "min": 0.0, "min_exclusive": True})
-    max_new_tokens: int = field(default=96, metadata={"help": "longest response", "min": 1})
-    batch_size: int = field(default=16, metadata={"help": "prompts per chunk (k x that many sequences per generate call)", "min": 1})
-    seed: int = field(default=0, metadata={"help": "sampling seed"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
+    policy: str = arg("runs/sft/ckpt", "policy checkpoint to sample from")
+    rm: str = arg("runs/rm/ckpt", "reward model checkpoint that scores the samples")
+    prompts: str = arg("data/story/prompts_rl.jsonl", "prompts JSONL")
+    out: str = arg("runs/baselines.jsonl", "output samples JSONL")
+    k: int = arg(4, "responses per prompt", ge=1)
+    temperature: float = arg(1.0, "sampling temperature", gt=0.0)
+    max_new_tokens: int = arg(96, "longest response", ge=1)
+    batch_size: int = arg(16, "prompts per chunk (k x that many sequences per generate call)", ge=1)
+    seed: int = arg(0, "sampling seed")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
 
 
 # settings that must match for a partial output to be continued

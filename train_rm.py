@@ -21,63 +21,65 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rlhf import distributed, tasks
-from rlhf.checkpoint import (check_state_dict, drop_previous, find_companion, last_good, load_checkpoint, load_model, load_train_state,
-                             rng_state, save_checkpoint, save_companion, set_rng_state)
-from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
+from rlhf.checkpoint import last_good, load_model
+from rlhf.config import arg, config_to_dict, parse_args
 from rlhf.data import read_json, read_jsonl, write_json
-from rlhf.evaluation import rm_pair_accuracy
+from rlhf.evaluation import rm_report
 from rlhf.gpt2 import load_gpt2
+from rlhf.metrics import pair_accuracy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
 from rlhf.reward import bradley_terry_loss, pair_batch, policy_sample_pairs, rm_diagnostics, score_texts
 from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
+from rlhf.run import MetricsWriter, run_cli, start_run
+from rlhf.tokenizer import too_long
 
 
 @dataclass
 class Args:
-    data: str = field(default="data/story", metadata={"help": "directory from prepare_data.py (preferences.jsonl, meta.json)"})
-    pairs: str | None = field(default=None, metadata={"help": "a preferences JSONL to use instead of DATA/preferences.jsonl"})
-    sft: str = field(default="runs/sft/ckpt", metadata={"help": "SFT policy checkpoint: the trunk and tokenizer to start from"})
-    init_from: str | None = field(default=None, metadata={"help": "start from a GPT-2-format model (a directory with model.safetensors and tokenizer.json, rlhf/gpt2.py) instead of --sft"})
-    out: str = field(default="runs/rm", metadata={"help": "run directory"})
-    preset: str = field(default="tiny", metadata={"help": "size preset; explicit flags override it"})
-    seed: int = field(default=0, metadata={"help": "fixes the split, data order and head initialisation"})
-    epochs: float = field(default=1.0, metadata={"help": "passes over the training pairs", "min": 0.0, "min_exclusive": True})
-    batch_size: int = field(default=32, metadata={"help": "pairs per step (2x sequences in the forward; per rank under torchrun)", "min": 1})
-    lr: float = field(default=3e-4, metadata={"help": "trunk learning rate", "min": 0.0, "min_exclusive": True})
-    head_lr: float = field(default=3e-3, metadata={"help": "scalar head learning rate", "min": 0.0, "min_exclusive": True})
-    lr_schedule: str = field(default="cosine", metadata={"help": "decay after warm-up", "choices": ["constant", "linear", "cosine"]})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay on matrices", "min": 0.0})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)", "min": 0.0})
-    val_fraction: float = field(default=0.1, metadata={"help": "share of pairs held out for diagnostics", "min": 0.0, "max": 0.9, "min_exclusive": True})
-    eval_every: int = field(default=100, metadata={"help": "held-out accuracy every N steps", "min": 1})
-    sft_pairs: int = field(default=0, metadata={"help": "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (issue 11; 0: off)", "min": 0})
-    n_policy_pairs: int = field(default=400, metadata={"help": "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", "min": 0})
-    max_val_pairs: int = field(default=1000, metadata={"help": "cap on held-out pairs scored at each evaluation", "min": 1})
-    policy_samples: str | None = field(default=None, metadata={"help": "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)"})
-    uml_weight: float = field(default=0.0, metadata={"help": "RLP-UML: weight lambda of the MIB loss on two policy samples per prompt (paper 0.5; 0: off)", "min": 0.0})
-    uml_kl_weight: float = field(default=1.0, metadata={"help": "RLP-UML: weight of the symmetric KL inside L_M (paper 1; 0: multi-view InfoMax ablation)", "min": 0.0})
-    mib_lr: float = field(default=1e-3, metadata={"help": "RLP-UML: learning rate of the MIB heads and critic", "min": 0.0, "min_exclusive": True})
-    spg_gamma: float | None = field(default=None, metadata={"help": "RLP-SPG: confidence threshold for synthetic pairs (paper 0.5; 0: select-all ablation; unset: off)", "min": 0.0, "max": 1.0})
-    spg_random_pair: bool = field(default=False, metadata={"help": "RLP-SPG ablation: one random pair per prompt labelled by the previous RM"})
-    rm_init: str = field(default="sft", metadata={"help": "RLP: retrain from the SFT trunk (paper) or continue from --previous-rm", "choices": ["sft", "previous"]})
-    previous_rm: str | None = field(default=None, metadata={"help": "RLP: the first RM, with --rm-init previous"})
-    normalize: bool = field(default=False, metadata={"help": "store shift/scale so held-out rewards have mean 0, std 1"})
-    ckpt_every: int = field(default=200, metadata={"help": "save a resumable checkpoint every N steps", "min": 1})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
-    dtype: str = field(default="fp32", metadata={"help": "forward passes in fp32, or under bf16 autocast (losses stay fp32)", "choices": ["fp32", "bf16"]})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks (slow first steps; see README performance)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+    data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)")
+    pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl")
+    sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from")
+    init_from: str | None = arg(None, "start from a GPT-2-format model (a directory with model.safetensors and tokenizer.json, rlhf/gpt2.py) instead of --sft")
+    out: str = arg("runs/rm", "run directory")
+    preset: str = arg("tiny", "size preset; explicit flags override it")
+    seed: int = arg(0, "fixes the split, data order and head initialisation")
+    epochs: float = arg(1.0, "passes over the training pairs", gt=0.0)
+    batch_size: int = arg(32, "pairs per step (2x sequences in the forward; per rank under torchrun)", ge=1)
+    lr: float = arg(3e-4, "trunk learning rate", gt=0.0)
+    head_lr: float = arg(3e-3, "scalar head learning rate", gt=0.0)
+    lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
+    warmup_steps: int = arg(20, "linear warm-up steps", ge=0)
+    weight_decay: float = arg(0.0, "AdamW weight decay on matrices", ge=0.0)
+    grad_clip: float = arg(1.0, "clip the global gradient norm (0: off)", ge=0.0)
+    val_fraction: float = arg(0.1, "share of pairs held out for diagnostics", gt=0.0, le=0.9)
+    eval_every: int = arg(100, "held-out accuracy every N steps", ge=1)
+    sft_pairs: int = arg(0, "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (0: off)", ge=0)
+    n_policy_pairs: int = arg(400, "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", ge=0)
+    max_val_pairs: int = arg(1000, "cap on held-out pairs scored at each evaluation", ge=1)
+    policy_samples: str | None = arg(None, "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)")
+    uml_weight: float = arg(0.0, "RLP-UML: weight lambda of the MIB loss on two policy samples per prompt (paper 0.5; 0: off)", ge=0.0)
+    uml_kl_weight: float = arg(1.0, "RLP-UML: weight of the symmetric KL inside L_M (paper 1; 0: multi-view InfoMax ablation)", ge=0.0)
+    mib_lr: float = arg(1e-3, "RLP-UML: learning rate of the MIB heads and critic", gt=0.0)
+    spg_gamma: float | None = arg(None, "RLP-SPG: confidence threshold for synthetic pairs (paper 0.5; 0: select-all ablation; unset: off)", ge=0.0, le=1.0)
+    spg_random_pair: bool = arg(False, "RLP-SPG ablation: one random pair per prompt labelled by the previous RM")
+    previous_rm: str | None = arg(None, "RLP ablation: continue training from this RM instead of retraining from the SFT trunk (the paper)")
+    normalize: bool = arg(False, "store shift/scale so held-out rewards have mean 0, std 1")
+    ckpt_every: int = arg(200, "save a resumable checkpoint every N steps", ge=1)
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
+    dtype: str = arg("fp32", "forward passes in fp32, or under bf16 autocast (losses stay fp32)", choices=["fp32", "bf16"])
+    compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see README performance)")
+    resume: bool = arg(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = arg(False, "replace a run already in --out")
 
 
 PRESETS = {"smoke": dict(batch_size=16, warmup_steps=5, eval_every=50, ckpt_every=50, max_val_pairs=200, lr=1e-3, head_lr=1e-2),
@@ -89,17 +91,133 @@ def main(argv=None):
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
     out, resuming = start_run(args)
     ckpt = out / "ckpt"
-
     rlp = args.uml_weight > 0 or args.spg_gamma is not None or args.spg_random_pair
     if rlp and args.policy_samples is None:
         raise ValueError("--uml-weight, --spg-gamma and --spg-random-pair need --policy-samples FILE (sample_baselines.py)")
     if args.uml_weight > 0 and (args.spg_gamma is not None or args.spg_random_pair):
         raise ValueError("choose RLP-UML (--uml-weight) or RLP-SPG (--spg-gamma / --spg-random-pair), not both: the paper ran them separately")
-    if args.rm_init == "previous" and args.previous_rm is None:
-        raise ValueError("--rm-init previous needs --previous-rm CKPT")
 
-    # 2. data: pairs (identical chosen/rejected skipped, counted), a seeded held-out split
+    # 2. data: pairs (identical chosen/rejected skipped, counted), a seeded held-out split; RLP's policy samples
     data = Path(args.data)
+    task, pairs_path, train, val, held_samples, uml, rlp_stats = load_pairs(args, data)
+
+    # 3. model: the SFT trunk + a fresh head, or --previous-rm to continue (a resumed run reloads its own checkpoint)
+    if args.init_from:  # a pretrained GPT-2-format model and its tokenizer instead of an SFT checkpoint
+        (policy, tok), sft_cfg = load_gpt2(args.init_from), {}
+    else:
+        policy, tok, sft_cfg = load_model(args.sft, "policy")
+    train, val = (fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
+    if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
+        if task is None:
+            raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
+        prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
+        p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed + 3)
+        train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
+        print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
+    N = len(train)
+    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * distributed.world_size())))
+    print(f"{N} training pairs, {len(val)} held out, {steps} steps")
+    rm = ScalarModel(policy.config)
+    rm.gpt.load_state_dict(policy.state_dict())
+    if args.previous_rm:  # RLP ablation: continue from the first RM instead of retraining from SFT (the paper)
+        load_model(args.previous_rm, "rm", into=rm)
+    aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
+    policy.eval()  # kept: its samples make the second set of diagnostic pairs
+    maybe_compile(rm, args.compile)  # --compile: its blocks, in place
+    opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
+                          {"named": rm.head.named_parameters(), "lr": args.head_lr}]
+                         + ([{"named": aux.named_parameters(), "lr": args.mib_lr}] if aux is not None else []), args.lr, args.weight_decay)
+    modules = {"rm": rm} | ({"aux": aux} if aux is not None else {})  # the MIB heads and critic travel in the RM checkpoint
+    start = resume(ckpt, modules, {"rm": opt})["step"] if resuming else 0
+    if resuming:
+        print(f"resumed from {ckpt} at step {start}")
+    distributed.broadcast_params(*modules.values())  # rank 0's fresh heads on every rank
+    ckpt_config = {"model": rm.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint,
+                   "task": sft_cfg.get("task"), "stage": "rm"}
+
+    def save(step: int):
+        if distributed.is_main():
+            save_step(ckpt, step, modules, {"rm": opt}, ckpt_config, tok.to_json())
+
+    def evaluate() -> dict:
+        p = [r["prompt"] for r in val]
+        s = score_texts(rm, tok, p + p, [r["chosen"] for r in val] + [r["rejected"] for r in val])
+        return rm_diagnostics(p, [r["chosen"] for r in val], [r["rejected"] for r in val], s[:len(val)], s[len(val):], task)
+
+    @functools.lru_cache(maxsize=2)
+    def epoch_order(epoch: int) -> list[int]:
+        return torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000003 + epoch)).tolist()
+
+    # 4. training loop: one forward of 2(B + U) sequences per step
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    rm.train()
+    t0 = time.time()
+    pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())
+    for step in pbar:
+        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size)]
+        g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
+        views = uml_views(uml, args.batch_size, g) if aux is not None else ([], [], [])
+        ids, mask = pair_batch(tok, [r["prompt"] for r in batch] + views[0], [r["chosen"] for r in batch] + views[1],
+                               [r["rejected"] for r in batch] + views[2])
+        rows_of = uml_layout(len(batch), len(views[0]))
+        margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if any("margin" in r for r in batch) else None
+        set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
+        with autocast(args.dtype, ids.device):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
+            r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
+        h = h.float()  # the RLP-UML heads and losses in fp32
+        chosen, rejected = r[rows_of["chosen"]], r[rows_of["rejected"]]
+        bt = bradley_terry_loss(chosen, rejected, margin)
+        loss, mib_stats = bt, {}
+        if aux is not None:  # RLP-UML: L = L_BT + lambda * L_M
+            l_m, mib_stats = mib_loss(h[rows_of["view1"]], h[rows_of["view2"]], aux["heads"], aux["critic"], args.uml_kl_weight, g)
+            loss = bt + args.uml_weight * l_m
+        loss_all = distributed.all_reduce_mean(loss.detach())  # over all ranks' pairs (equal counts: the global mean)
+        if not torch.isfinite(loss_all):
+            raise SystemExit(f"error: RM loss is {loss_all.item()} at step {step + 1}; {last_good(ckpt)}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.all_reduce_grads([p for m in modules.values() for p in m.parameters()])
+        torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
+        opt.step()
+        log = {"rm/loss": bt.item(), "rm/train_accuracy": pair_accuracy(chosen.detach(), rejected.detach()), "rm/lr": opt.param_groups[0]["lr"],
+               "rm/pairs_per_s": (step + 1 - start) * args.batch_size * distributed.world_size() / max(time.time() - t0, 1e-9),
+               **{f"rlp/mib_{k}": v.item() for k, v in mib_stats.items()}}
+        log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
+        if (step + 1) % args.eval_every == 0 and step + 1 < steps and distributed.is_main():
+            log.update({f"val/{k[3:]}": v for k, v in evaluate().items()})
+            tqdm.write(f"step {step + 1:5d} | loss {loss_all.item():.4f} | val acc {log['val/accuracy']:.3f}"
+                       + (f" | val gold acc {log['val/gold_accuracy']:.3f}" if "val/gold_accuracy" in log else ""))
+        metrics.log(step + 1, log)
+        pbar.set_postfix(loss=f"{loss_all.item():.3f}", acc=f"{log['rm/train_accuracy']:.2f}")
+        if (step + 1) % args.ckpt_every == 0:
+            save(step + 1)
+    train_time = time.time() - t0
+    if not distributed.is_main():  # rank 0 alone computes the diagnostics and writes the final checkpoint
+        return
+
+    # 5. normalisation, diagnostics, final checkpoint
+    if args.normalize:
+        p = [r["prompt"] for r in val]
+        s = score_texts(rm, tok, p + p, [r["chosen"] for r in val] + [r["rejected"] for r in val])
+        rm.shift += s.mean() * rm.scale  # reward' = (head - shift') / scale', so shift' folds in the mean
+        rm.scale *= s.std().clamp(min=1e-6)
+        print(f"normalised: shift {rm.shift.item():.4f}, scale {rm.scale.item():.4f}")
+    eval_prompts = data / "prompts_eval.jsonl"
+    sft_prompts = ([r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
+                   if task is not None and args.n_policy_pairs and eval_prompts.exists() else [])
+    diag = evaluate() | rm_report(rm, tok, task, policy, sft_prompts, held_samples, seed=args.seed) | rlp_stats
+    diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
+    ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
+    save(steps)
+    metrics.log(steps, diag)
+    metrics.close()
+    write_json(out / "diagnostics.json", diag)
+    print(format_diagnostics(diag))
+
+
+def load_pairs(args, data: Path):
+    """-> (task or None, pairs file, training pairs (RLP-SPG's synthetic pairs included), held-out pairs,
+    held-out policy-samples rows, RLP-UML rows (two different samples at least), RLP statistics)."""
     pairs_path = Path(args.pairs) if args.pairs else data / "preferences.jsonl"
     rows = read_jsonl(pairs_path, "preferences")
     same = [r for r in rows if r["chosen"] == r["rejected"]]
@@ -121,176 +239,53 @@ def main(argv=None):
         n_held = max(1, len(samples) // 10)
         held_samples, samples = [samples[i] for i in sperm[:n_held]], [samples[i] for i in sperm[n_held:]]
     if args.spg_gamma is not None or args.spg_random_pair:  # RLP-SPG: synthetic pairs join the human pairs
-        key = task.key if task is not None else normalised_key
-        syn = spg_pairs(samples, key, args.spg_gamma or 0.0, torch.Generator().manual_seed(args.seed + 2), args.spg_random_pair)
-        rlp_stats["rlp/spg_pairs"], rlp_stats["rlp/spg_acceptance"] = len(syn), len(syn) / max(1, len(samples))
-        if task is not None:
-            g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in syn]
-            decided = [a > b for a, b in g if a != b]
-            rlp_stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
-        print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
-              + (f", {rlp_stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them" if task else ""))
+        syn, rlp_stats = synthetic_pairs(args, samples, task)
         train = train + syn
     uml = [r for r in samples if len(set(r["responses"])) >= 2] if args.uml_weight > 0 else []
     if args.uml_weight > 0 and len(uml) < 2:
         raise ValueError(f"{args.policy_samples}: RLP-UML needs at least 2 prompts with two different responses")
-    # 3. model: the SFT trunk + a fresh head (a resumed run reloads its own checkpoint)
-    if args.init_from:  # a pretrained GPT-2-format model and its tokenizer instead of an SFT checkpoint
-        (policy, tok), sft_cfg = load_gpt2(args.init_from), {}
-    else:
-        policy, tok, sft_cfg = load_model(args.sft, "policy")
-    train, val = (fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
-    if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
-        if task is None:
-            raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
-        prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
-        p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed + 3)
-        train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
-        print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
-    N = len(train)
-    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * distributed.world_size())))
-    print(f"{N} training pairs, {len(val)} held out, {steps} steps")
-    rm = ScalarModel(policy.config)
-    rm.gpt.load_state_dict(policy.state_dict())
-    previous = load_model(args.previous_rm, "rm")[0] if args.previous_rm else None
-    if args.rm_init == "previous":
-        rm.load_state_dict(previous.state_dict())
-    aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
-    policy.eval()  # kept: its samples make the second set of diagnostic pairs
-    maybe_compile(rm, args.compile)  # --compile: its blocks, in place
-    opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
-                          {"named": rm.head.named_parameters(), "lr": args.head_lr}]
-                         + ([{"named": aux.named_parameters(), "lr": args.mib_lr}] if aux is not None else []), args.lr, args.weight_decay)
-    start = 0
-    if resuming:
-        rm, _, _ = load_model(ckpt, "rm", into=rm)
-        train_state = load_train_state(ckpt, opt)
-        if aux is not None:  # aux_ckpt, or aux_ckpt.prev after a crash between the two saves
-            aux_at = find_companion(out / "aux_ckpt", train_state["step"])
-            aux_state, _ = load_checkpoint(aux_at, expected_kind="aux")
-            check_state_dict(aux_state, aux, aux_at)
-            aux.load_state_dict(aux_state)
-        set_rng_state(train_state["rng"])
-        start = train_state["step"]
-        print(f"resumed from {ckpt} at step {start}")
-    distributed.broadcast_params(rm, *([aux] if aux is not None else []))  # rank 0's fresh heads on every rank
-    ckpt_config = {"model": rm.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint,
-                   "task": sft_cfg.get("task"), "stage": "rm"}
+    return task, pairs_path, train, val, held_samples, uml, rlp_stats
 
-    def save(step: int):
-        if not distributed.is_main():
-            return
-        if aux is not None:  # the MIB heads and critic, so a resumed UML run continues them
-            save_companion(out / "aux_ckpt", aux.state_dict(), {"stage": "rlp-uml"}, kind="aux", train_state={"step": step})
-        save_checkpoint(ckpt, rm.state_dict(), ckpt_config, kind="rm", tokenizer_json=tok.to_json(),
-                        optimizer=opt, train_state={"step": step, "rng": rng_state()})
-        drop_previous(out / "aux_ckpt")  # the RM checkpoint is the commit point
 
-    def evaluate() -> dict:
-        p = [r["prompt"] for r in val]
-        s = score_texts(rm, tok, p + p, [r["chosen"] for r in val] + [r["rejected"] for r in val])
-        return rm_diagnostics(p, [r["chosen"] for r in val], [r["rejected"] for r in val], s[:len(val)], s[len(val):], task)
+def synthetic_pairs(args, samples: list[dict], task) -> tuple[list[dict], dict]:
+    """RLP-SPG's synthetic pairs from the policy samples, and their statistics (share accepted, gold accuracy)."""
+    key = task.key if task is not None else normalised_key
+    syn = spg_pairs(samples, key, args.spg_gamma or 0.0, torch.Generator().manual_seed(args.seed + 2), args.spg_random_pair)
+    stats = {"rlp/spg_pairs": len(syn), "rlp/spg_acceptance": len(syn) / max(1, len(samples))}
+    if task is not None:
+        g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in syn]
+        decided = [a > b for a, b in g if a != b]
+        stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
+    print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
+          + (f", {stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them" if task else ""))
+    return syn, stats
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        return torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000003 + epoch)).tolist()
 
-    # 4. training loop: one forward of 2B sequences per step
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
-    rm.train()
-    t0 = time.time()
-    pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())
-    for step in pbar:
-        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size)]
-        p, c, rj = [r["prompt"] for r in batch], [r["chosen"] for r in batch], [r["rejected"] for r in batch]
-        B, U = len(batch), (args.batch_size if aux is not None else 0)
-        if U:  # RLP-UML: two different policy samples of U prompts ride in the same forward as the pairs
-            g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
-            for i in torch.randint(len(uml), (U,), generator=g).tolist():
-                ys = list(dict.fromkeys(uml[i]["responses"]))
-                a, b = torch.randperm(len(ys), generator=g)[:2].tolist()
-                p, c, rj = p + [uml[i]["prompt"]], c + [ys[a]], rj + [ys[b]]
-        ids, mask = pair_batch(tok, p, c, rj)  # rows: B chosen, U view-1, B rejected, U view-2
-        margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if any("margin" in r for r in batch) else None
-        set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
-        with autocast(args.dtype, ids.device):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
-            r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
-        h = h.float()  # the RLP-UML heads and losses in fp32
-        chosen, rejected = r[:B], r[B + U:2 * B + U]
-        bt = bradley_terry_loss(chosen, rejected, margin)
-        loss, mib_stats = bt, {}
-        if U:  # RLP-UML: L = L_BT + lambda * L_M
-            l_m, mib_stats = mib_loss(h[B:B + U], h[2 * B + U:], aux["heads"], aux["critic"], args.uml_kl_weight, g)
-            loss = bt + args.uml_weight * l_m
-        loss_all = distributed.all_reduce_mean(loss.detach())  # over all ranks' pairs (equal counts: the global mean)
-        if not torch.isfinite(loss_all):
-            raise SystemExit(f"error: RM loss is {loss_all.item()} at step {step + 1}; {last_good(ckpt)}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.all_reduce_grads(list(rm.parameters()) + (list(aux.parameters()) if aux is not None else []))
-        torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
-        opt.step()
-        log = {"rm/loss": bt.item(), "rm/train_accuracy": (chosen > rejected).float().mean().item(), "rm/lr": opt.param_groups[0]["lr"],
-               "rm/pairs_per_s": (step + 1 - start) * args.batch_size * distributed.world_size() / max(time.time() - t0, 1e-9),
-               **{f"rlp/mib_{k}": v.item() for k, v in mib_stats.items()}}
-        log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
-        acc = log["rm/train_accuracy"]
-        if (step + 1) % args.eval_every == 0 and step + 1 < steps and distributed.is_main():
-            log.update({f"val/{k[3:]}": v for k, v in evaluate().items()})
-            tqdm.write(f"step {step + 1:5d} | loss {loss_all.item():.4f} | val acc {log['val/accuracy']:.3f}"
-                       + (f" | val gold acc {log['val/gold_accuracy']:.3f}" if "val/gold_accuracy" in log else ""))
-        metrics.log(step + 1, log)
-        pbar.set_postfix(loss=f"{loss_all.item():.3f}", acc=f"{acc:.2f}")
-        if (step + 1) % args.ckpt_every == 0:
-            save(step + 1)
-    train_time = time.time() - t0
-    if not distributed.is_main():  # rank 0 alone computes the diagnostics and writes the final checkpoint
-        return
+def uml_views(uml: list[dict], U: int, g: torch.Generator) -> tuple[list[str], list[str], list[str]]:
+    """RLP-UML: U prompts drawn with replacement, each with two different samples of the policy (the two views)
+    -> (prompts, view 1, view 2)."""
+    prompts, v1, v2 = [], [], []
+    for i in torch.randint(len(uml), (U,), generator=g).tolist():
+        ys = list(dict.fromkeys(uml[i]["responses"]))
+        a, b = torch.randperm(len(ys), generator=g)[:2].tolist()
+        prompts.append(uml[i]["prompt"])
+        v1.append(ys[a])
+        v2.append(ys[b])
+    return prompts, v1, v2
 
-    # 5. normalisation, diagnostics, final checkpoint
-    if args.normalize:
-        p = [r["prompt"] for r in val]
-        s = score_texts(rm, tok, p + p, [r["chosen"] for r in val] + [r["rejected"] for r in val])
-        rm.shift += s.mean() * rm.scale  # reward' = (head - shift') / scale', so shift' folds in the mean
-        rm.scale *= s.std().clamp(min=1e-6)
-        print(f"normalised: shift {rm.shift.item():.4f}, scale {rm.scale.item():.4f}")
-    diag = evaluate()
-    eval_prompts = data / "prompts_eval.jsonl"
-    if task is not None and args.n_policy_pairs and eval_prompts.exists():
-        # pairs of two SFT samples per held-out prompt: what PPO shows the RM first (issue 11 measures this)
-        prompts = [r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
-        p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed)
-        s = score_texts(rm, tok, p + p, c + r)
-        diag.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
-    if held_samples and task is not None:
-        # RLP: the RM's accuracy against gold on pairs of held-out policy samples, before (the rewards in the
-        # samples file, from the previous RM) and after retraining (this RM)
-        hp = [(r["prompt"], r["responses"][0], r["responses"][1], r["rewards"][0], r["rewards"][1]) for r in held_samples
-              if len(r["responses"]) >= 2 and r["responses"][0] != r["responses"][1]]
-        ga = [task.gold(x[0], x[1]) for x in hp]
-        gb = [task.gold(x[0], x[2]) for x in hp]
-        s = score_texts(rm, tok, [x[0] for x in hp] * 2, [x[1] for x in hp] + [x[2] for x in hp])
-        before, n_hp = rm_pair_accuracy([x[3] for x in hp], [x[4] for x in hp], ga, gb)
-        after, _ = rm_pair_accuracy(s[:len(hp)].tolist(), s[len(hp):].tolist(), ga, gb)
-        rlp_stats.update({"rlp/onpolicy_gold_accuracy_before": before, "rlp/onpolicy_gold_accuracy_after": after,
-                          "rlp/onpolicy_pairs": n_hp})
-        print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}")
-    diag.update(rlp_stats)
-    diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
-    ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
-    save(steps)
-    metrics.log(steps, diag)
-    metrics.close()
-    write_json(out / "diagnostics.json", diag)
-    print(format_diagnostics(diag))
+
+def uml_layout(B: int, U: int) -> dict[str, slice]:
+    """Rows of the one forward: pair_batch puts every "chosen" side first, then every "rejected" side; with the
+    U views riding along as extra pairs the rows are B chosen, U view-1, B rejected, U view-2."""
+    return {"chosen": slice(0, B), "view1": slice(B, B + U), "rejected": slice(B + U, 2 * B + U), "view2": slice(2 * B + U, 2 * B + 2 * U)}
 
 
 def fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
     """The pairs whose prompt + longer response fit the context; the rest skipped with a warning (none left: an error)."""
-    n = [len(p) + max(len(c), len(r)) for p, c, r in zip(tok.encode_prompts([x["prompt"] for x in rows]),
-                                                         tok.encode_responses([x["chosen"] for x in rows]),
-                                                         tok.encode_responses([x["rejected"] for x in rows]))]
-    kept = [x for x, k in zip(rows, n) if k <= block_size]
+    longer = [max(c, r, key=len) for c, r in zip(tok.encode_responses([x["chosen"] for x in rows]),
+                                                 tok.encode_responses([x["rejected"] for x in rows]))]
+    skip = set(too_long(tok.encode_prompts([x["prompt"] for x in rows]), longer, block_size))
+    kept = [x for i, x in enumerate(rows) if i not in skip]
     if len(kept) < len(rows):
         print(f"warning: skipped {len(rows) - len(kept)} of {len(rows)} pairs from {path} longer than the context ({block_size} tokens)")
     if not kept:

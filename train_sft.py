@@ -16,55 +16,57 @@ from __future__ import annotations
 import functools
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from rlhf import distributed, tasks
-from rlhf.checkpoint import check_state_dict, last_good, load_checkpoint, load_tokenizer, load_train_state, rng_state, save_checkpoint, set_rng_state
-from rlhf.config import MetricsWriter, config_to_dict, parse_args, run_cli, start_run
+from rlhf.checkpoint import last_good, load_tokenizer
+from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.run import MetricsWriter, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
 from rlhf.gpt2 import load_gpt2
 from rlhf.model import GPT, GPTConfig
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
 from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response, sft_loss
-from rlhf.tokenizer import Tokenizer
+from rlhf.tokenizer import Tokenizer, too_long
 
 
 @dataclass
 class Args:
-    data: str = field(default="data/story", metadata={"help": "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)"})
-    out: str = field(default="runs/sft", metadata={"help": "run directory"})
-    preset: str = field(default="tiny", metadata={"help": "size preset; explicit flags override it"})
-    seed: int = field(default=0, metadata={"help": "fixes initialisation, data order, dropout and sampling"})
-    init_from: str | None = field(default=None, metadata={"help": "start from a GPT-2-format model: a directory with model.safetensors and tokenizer.json (rlhf/gpt2.py); its sizes and tokenizer replace --vocab-size, --n-layer, --n-head, --n-embd"})
-    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size (specials and 256 bytes included)", "min": 260})
-    n_layer: int = field(default=4, metadata={"help": "transformer blocks", "min": 1})
-    n_head: int = field(default=4, metadata={"help": "attention heads", "min": 1})
-    n_embd: int = field(default=256, metadata={"help": "model width", "min": 1})
-    block_size: int = field(default=128, metadata={"help": "context length (prompt + response tokens)", "min": 8})
-    dropout: float = field(default=0.0, metadata={"help": "dropout probability", "min": 0.0, "max": 0.99})
-    steps: int = field(default=340, metadata={"help": "optimiser steps", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "sequences per step (per rank under torchrun)", "min": 1})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate", "min": 0.0, "min_exclusive": True})
-    lr_schedule: str = field(default="cosine", metadata={"help": "decay after warm-up", "choices": ["constant", "linear", "cosine"]})
-    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps", "min": 0})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay on matrices", "min": 0.0})
-    grad_clip: float = field(default=1.0, metadata={"help": "clip the global gradient norm (0: off)", "min": 0.0})
-    ckpt_every: int = field(default=100, metadata={"help": "save a resumable checkpoint every N steps", "min": 1})
-    log_every: int = field(default=10, metadata={"help": "print a status line every N steps", "min": 1})
-    n_eval: int = field(default=200, metadata={"help": "eval prompts sampled at the end (0: skip)", "min": 0})
-    max_new_tokens: int = field(default=96, metadata={"help": "longest sampled response", "min": 1})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature for the final evaluation", "min": 0.0})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)", "min": 0})
-    dtype: str = field(default="fp32", metadata={"help": "forward passes in fp32, or under bf16 autocast (losses stay fp32)", "choices": ["fp32", "bf16"]})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the transformer blocks (slow first steps; see README performance)"})
-    resume: bool = field(default=False, metadata={"help": "continue the run in --out from its checkpoint"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+    data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)")
+    out: str = arg("runs/sft", "run directory")
+    preset: str = arg("tiny", "size preset; explicit flags override it")
+    seed: int = arg(0, "fixes initialisation, data order, dropout and sampling")
+    init_from: str | None = arg(None, "start from a GPT-2-format model: a directory with model.safetensors and tokenizer.json (rlhf/gpt2.py); its sizes and tokenizer replace --vocab-size, --n-layer, --n-head, --n-embd")
+    vocab_size: int = arg(1024, "BPE vocabulary size (specials and 256 bytes included)", ge=260)
+    n_layer: int = arg(4, "transformer blocks", ge=1)
+    n_head: int = arg(4, "attention heads", ge=1)
+    n_embd: int = arg(256, "model width", ge=1)
+    block_size: int = arg(128, "context length (prompt + response tokens)", ge=8)
+    dropout: float = arg(0.0, "dropout probability", ge=0.0, le=0.99)
+    steps: int = arg(340, "optimiser steps", ge=1)
+    batch_size: int = arg(64, "sequences per step (per rank under torchrun)", ge=1)
+    lr: float = arg(1e-3, "peak learning rate", gt=0.0)
+    lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
+    warmup_steps: int = arg(20, "linear warm-up steps", ge=0)
+    weight_decay: float = arg(0.1, "AdamW weight decay on matrices", ge=0.0)
+    grad_clip: float = arg(1.0, "clip the global gradient norm (0: off)", ge=0.0)
+    ckpt_every: int = arg(100, "save a resumable checkpoint every N steps", ge=1)
+    log_every: int = arg(10, "print a status line every N steps", ge=1)
+    n_eval: int = arg(200, "eval prompts sampled at the end (0: skip)", ge=0)
+    max_new_tokens: int = arg(96, "longest sampled response", ge=1)
+    temperature: float = arg(0.7, "sampling temperature for the final evaluation", ge=0.0)
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
+    dtype: str = arg("fp32", "forward passes in fp32, or under bf16 autocast (losses stay fp32)", choices=["fp32", "bf16"])
+    compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see README performance)")
+    resume: bool = arg(False, "continue the run in --out from its checkpoint")
+    overwrite: bool = arg(False, "replace a run already in --out")
 
 
 PRESETS = {
@@ -98,7 +100,8 @@ def main(argv=None):
             tok = Tokenizer.from_json(distributed.broadcast_str(tok.to_json() if tok else None))
     prompt_ids = tok.encode_prompts([r["prompt"] for r in rows])
     response_ids = tok.encode_responses([r["response"] for r in rows])
-    keep = [i for i in range(len(rows)) if len(prompt_ids[i]) + len(response_ids[i]) <= args.block_size]
+    skip = set(too_long(prompt_ids, response_ids, args.block_size))
+    keep = [i for i in range(len(rows)) if i not in skip]
     if len(keep) < len(rows):
         print(f"warning: skipped {len(rows) - len(keep)} of {len(rows)} demonstrations longer than block_size {args.block_size}")
     if not keep:
@@ -126,14 +129,8 @@ def main(argv=None):
     print(f"model: {model.num_params() / 1e6:.2f}M parameters, {N} demonstrations, vocab {tok.vocab_size}")
     opt = make_optimizer(model.named_parameters(), args.lr, args.weight_decay)
     maybe_compile(model, args.compile)  # --compile: its blocks, in place
-    start = 0
+    start = resume(ckpt, {"policy": model}, {"policy": opt})["step"] if resuming else 0
     if resuming:
-        state, _ = load_checkpoint(ckpt, expected_kind="policy")
-        check_state_dict(state, model, ckpt)  # resumed with other sizes: a CheckpointError, not torch's traceback
-        model.load_state_dict(state)
-        train_state = load_train_state(ckpt, opt)
-        set_rng_state(train_state["rng"])
-        start = train_state["step"]
         print(f"resumed from {ckpt} at step {start}")
     distributed.broadcast_params(model)  # every rank starts from rank 0's weights, as DDP does
     ckpt_config = {"model": mcfg.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint,
@@ -141,8 +138,7 @@ def main(argv=None):
 
     def save(step: int):
         if distributed.is_main():
-            save_checkpoint(ckpt, model.state_dict(), ckpt_config, kind="policy", tokenizer_json=tok.to_json(),
-                            optimizer=opt, train_state={"step": step, "rng": rng_state()})
+            save_step(ckpt, step, {"policy": model}, {"policy": opt}, ckpt_config, tok.to_json())
 
     # 4. training loop
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)

@@ -1,4 +1,4 @@
-"""Where a reward model disagrees with the gold judge, on pairs of two SFT samples (issue 11's error analysis).
+"""Where a reward model disagrees with the gold judge, on pairs of two SFT samples (the README's RM error analysis).
 
     python3 experiments/rm_errors.py --rm runs/rm/ckpt                       # after the main job and the RM
     python3 experiments/rm_errors.py --rm runs/rm_content/ckpt --show 5

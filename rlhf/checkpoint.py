@@ -1,21 +1,19 @@
-"""Directory checkpoints: safetensors + JSON only, written atomically, never pickle.
+"""Checkpoint I/O: directories of safetensors + JSON, written atomically as a whole, never pickle.
 
 A checkpoint is a directory:
 
-    model.safetensors      the weights (plain tensors: loading runs no code)
+    model.safetensors      the main model's weights (plain tensors: loading runs no code)
     config.json            the dict the caller passes (model config, run arguments, task and tokenizer
-                           info) plus "kind": "policy" | "rm" | "value"
+                           info) plus "kind": "policy" | "rm" | "value" | "aux"
     tokenizer.json         optional: the tokenizer as the `tokenizers` library serialises it
-    optimizer.safetensors  for resume: optimizer tensors as "state.{param index}.{name}"
-    state.json             for resume: the caller's train_state (step, RNG states from rng_state(), ...)
-                           plus "optimizer_param_groups" and "optimizer_state_scalars"
+    <name>.safetensors     optional further tensor files (a PPO value model, RLP-UML heads, optimiser state)
+    <name>.json            optional further JSON files (state.json: the resume state, rlhf/resume.py)
 
-Crash safety: everything is written into "<path>.tmp" and fsynced; then "<path>" is renamed to
-"<path>.old", "<path>.tmp" to "<path>", and "<path>.old" is removed. At every instant a complete
-checkpoint exists at "<path>" or "<path>.old", and load_checkpoint falls back to the latter.
-A run that saves two checkpoints per step (PPO's value model, then its policy) saves the first with
-save_companion, which keeps the one it replaces as "<path>.prev" until the second is written; on resume,
-find_companion picks whichever of the two matches the main checkpoint's step.
+Crash safety: the whole directory is written into "<path>.tmp" and fsynced; then "<path>" is renamed to
+"<path>.old", "<path>.tmp" to "<path>", and "<path>.old" is removed. At every instant one complete
+checkpoint exists at "<path>" or "<path>.old", and loading falls back to the latter. Everything a
+training step owns (every trainable module, the optimisers, the step and RNG states) goes into one such
+directory, so the parts of a checkpoint can never be from different steps.
 
 Tied weights: safetensors refuses tensors that share memory. A state-dict entry that is the very same
 tensor as an earlier one (e.g. a tied `lm_head.weight` beside `wte.weight`) is stored once, under the
@@ -25,16 +23,13 @@ returns. Other tensors that merely overlap in memory are saved as copies.
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
-import random
 import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import safetensors.torch
 import torch
 
@@ -44,7 +39,6 @@ KINDS = ("policy", "rm", "value", "aux")  # aux: extra trainable parts (e.g. RLP
 _PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"}
 _PICKLE_MSG = ("looks like a pickle file; this project loads safetensors + JSON only, never pickle, "
                "so no code runs on load")
-_OPT_KEYS = ("optimizer_param_groups", "optimizer_state_scalars")
 
 
 class CheckpointError(ValueError):
@@ -85,51 +79,37 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], file: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _write_optimizer(optimizer, directory: Path) -> dict:
-    """Per-parameter tensors to optimizer.safetensors; returns the JSON part for state.json."""
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, per_param in sd["state"].items():
-        for name, v in per_param.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"state.{idx}.{name}"] = v.detach().contiguous()
-            else:  # e.g. a `step` kept as a Python number by an older or custom optimizer
-                scalars[f"state.{idx}.{name}"] = v
-    _write_safetensors(tensors, directory / "optimizer.safetensors")
-    # floats, bools, None stay; tuples (Adam's betas) become lists; a tensor lr becomes a number
-    groups = [{k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return {"optimizer_param_groups": groups, "optimizer_state_scalars": scalars}
-
-
 def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kind: str,
-                    tokenizer_json: str | None = None, optimizer=None, train_state: dict | None = None) -> None:
+                    tokenizer_json: str | None = None, *, tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+                    json_files: dict[str, dict] | None = None) -> None:
     """Write a checkpoint directory at `path`, crash-safe as a whole (see the module docstring).
 
-    optimizer: a torch.optim.Optimizer whose state is saved for resume; train_state: a JSON-able
-    dict merged into state.json. state.json is written when either is given.
+    tensors: further safetensors files, {"value": state_dict} -> value.safetensors (tied weights as above);
+    json_files: further JSON files, {"state": {...}} -> state.json. All of it lands with one rename.
     """
     if kind not in KINDS:
         raise CheckpointError(f"unknown checkpoint kind {kind!r}; choose from: {', '.join(KINDS)}")
-    clash = [k for k in _OPT_KEYS if k in (train_state or {})]
-    if clash:
-        raise CheckpointError(f"train_state may not use the reserved key {clash[0]!r}")
+    files = {"model": (state_dict, config | {"kind": kind}), **{n: (sd, None) for n, sd in (tensors or {}).items()}}
+    if any(n in ("config", "tokenizer") for n in (json_files or {})):
+        raise CheckpointError("json_files may not replace config.json or tokenizer.json")
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    tensors, aliases = _dedupe(state_dict)
-    config = {k: v for k, v in config.items() if k != "_aliases"} | {"kind": kind}
-    if aliases:
-        config["_aliases"] = aliases
     if tmp.exists():  # left by an earlier crash mid-save: never trust it
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _write_safetensors(tensors, tmp / "model.safetensors")
-        write_json(tmp / "config.json", config)
+        for name, (sd, cfg) in files.items():
+            deduped, aliases = _dedupe(sd)
+            _write_safetensors(deduped, tmp / f"{name}.safetensors")
+            if cfg is not None:  # the main model: its aliases live in config.json
+                cfg = {k: v for k, v in cfg.items() if k != "_aliases"} | ({"_aliases": aliases} if aliases else {})
+                write_json(tmp / "config.json", cfg)
+            elif aliases:
+                raise CheckpointError(f"{name}.safetensors: tied weights are only supported in the main model")
         if tokenizer_json is not None:
             atomic_write_bytes(tmp / "tokenizer.json", [tokenizer_json.encode("utf-8")])
-        if optimizer is not None or train_state is not None:
-            extra = _write_optimizer(optimizer, tmp) if optimizer is not None else {}
-            write_json(tmp / "state.json", {**(train_state or {}), **extra})
+        for name, obj in (json_files or {}).items():
+            write_json(tmp / f"{name}.json", obj)
         fsync_dir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -144,42 +124,6 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
     fsync_dir(path.parent)
     if old.exists():
         shutil.rmtree(old)
-
-
-def save_companion(path, *args, **kwargs) -> None:
-    """save_checkpoint(path, ...) for a checkpoint saved just before the run's main one (PPO's value model,
-    RLP-UML's heads), with a train_state holding the same "step". The one it replaces is kept as
-    "<path>.prev" until drop_previous(path) runs after the main save, so a crash between the two saves
-    still leaves the companion that matches the main checkpoint; find_companion picks it."""
-    path = Path(path)
-    prev = path.with_name(path.name + ".prev")
-    if path.is_dir():
-        if prev.exists():
-            shutil.rmtree(prev)
-        path.rename(prev)
-        fsync_dir(path.parent)
-    save_checkpoint(path, *args, **kwargs)
-
-
-def drop_previous(path) -> None:
-    """Remove "<path>.prev" once the main checkpoint matching the new companion at `path` is saved."""
-    prev = Path(path).with_name(Path(path).name + ".prev")
-    if prev.exists():
-        shutil.rmtree(prev)
-
-
-def find_companion(path, step: int) -> Path:
-    """The companion checkpoint (`path` or "<path>.prev") whose state.json says `step`, the main checkpoint's."""
-    path = Path(path)
-    found = []
-    for p in (path, path.with_name(path.name + ".prev")):
-        if (p / "state.json").is_file():
-            s = _read_json(p / "state.json").get("step")
-            if s == step:
-                return p
-            found.append(f"{p.name} at step {s}")
-    raise CheckpointError(f"{path}: no checkpoint saved at step {step}, the step of the main checkpoint beside it "
-                          f"(found: {', '.join(found) or 'none'}); rerun with --overwrite")
 
 
 def last_good(path) -> str:
@@ -300,45 +244,20 @@ def load_tokenizer_json(path) -> str | None:
     return file.read_text(encoding="utf-8") if file.is_file() else None
 
 
-def load_train_state(path, optimizer=None) -> dict:
-    """Return the caller's part of state.json; when `optimizer` is given, restore its state in place.
+def load_tensors(path, name: str, map_location="cpu") -> dict[str, torch.Tensor]:
+    """A further tensor file of a checkpoint, <path>/<name>.safetensors (saved with save_checkpoint(tensors=...))."""
+    file = _resolve(path) / f"{name}.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: no {file.name} (saved without it)")
+    return _load_safetensors(file, map_location)
 
-    Shapes are checked for element-wise optimizers (Adam, AdamW, SGD, RMSprop): every non-scalar
-    state tensor must have its parameter's shape.
-    """
-    d = _resolve(path)
-    if not (d / "state.json").is_file():
-        raise CheckpointError(f"{d}: no state.json (saved without training state, so it cannot be resumed)")
-    state = _read_json(d / "state.json")
-    groups, scalars = state.pop("optimizer_param_groups", None), state.pop("optimizer_state_scalars", None) or {}
-    if optimizer is None:
-        return state
-    if groups is None or not (d / "optimizer.safetensors").is_file():
-        raise CheckpointError(f"{d}: holds no optimizer state (it was saved without an optimizer)")
-    live = optimizer.param_groups
-    params = [p for g in live for p in g["params"]]
-    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in live]:
-        raise CheckpointError(f"{d}: the checkpoint's optimizer has groups of "
-                              f"{[len(g['params']) for g in groups]} parameters, this one "
-                              f"{[len(g['params']) for g in live]} — is it the same model and optimizer?")
-    per_param: dict[int, dict] = {}
-    values = {**_load_safetensors(d / "optimizer.safetensors", "cpu"), **scalars}
-    for key, v in values.items():
-        try:
-            _, idx, name = key.split(".", 2)
-            p = params[int(idx)]
-        except (ValueError, IndexError):
-            raise CheckpointError(f"{d}: optimizer state has an unexpected entry {key!r}") from None
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
-            raise CheckpointError(f"{d}: optimizer state {key!r} has shape {tuple(v.shape)} but parameter "
-                                  f"{idx} has shape {tuple(p.shape)} — was it trained with another size?")
-        per_param.setdefault(int(idx), {})[name] = v
-    for saved, g in zip(groups, live):
-        for k, v in saved.items():  # tuples came back as lists; match the live optimizer
-            if isinstance(g.get(k), tuple) and isinstance(v, list):
-                saved[k] = tuple(v)
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    return state
+
+def load_json(path, name: str) -> dict:
+    """A further JSON file of a checkpoint, <path>/<name>.json; CheckpointError when missing or unreadable."""
+    file = _resolve(path) / f"{name}.json"
+    if not file.is_file():
+        raise CheckpointError(f"{file.parent}: no {file.name}")
+    return _read_json(file)
 
 
 def check_state_dict(state_dict: dict, model: torch.nn.Module, path) -> None:
@@ -352,47 +271,6 @@ def check_state_dict(state_dict: dict, model: torch.nn.Module, path) -> None:
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"{path}: " + "; ".join(problems[:3]) + more)
-
-
-# ---- RNG state ---------------------------------------------------------------------------------
-
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
-
-
-def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
-    """A JSON-able snapshot of python's, numpy's and torch's global RNGs and the named generators."""
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": [version, list(internal), gauss],
-             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-             "torch": _b64(torch.get_rng_state()),
-             "generators": {k: _b64(g.get_state()) for k, g in (generators or {}).items()}}
-    if torch.cuda.is_available():
-        state["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = None) -> None:
-    """Restore what rng_state() captured; each named generator must be in the snapshot."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(_unb64(state["torch"]))
-    if "torch_cuda" in state and torch.cuda.is_available():
-        if len(state["torch_cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([_unb64(s) for s in state["torch_cuda"]])
-        else:  # resuming on a different number of GPUs: the streams cannot match anyway
-            warnings.warn("CUDA RNG state saved for a different number of GPUs; not restored")
-    for k, g in (generators or {}).items():
-        if k not in state.get("generators", {}):
-            raise CheckpointError(f"no RNG state saved for generator {k!r} (saved: {sorted(state.get('generators', {}))})")
-        g.set_state(_unb64(state["generators"][k]))
 
 
 # ---- models ------------------------------------------------------------------------------------

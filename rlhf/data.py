@@ -1,6 +1,6 @@
 """JSONL data files: validated readers, atomic writers, padding and batching.
 
-The four kinds of file (DESIGN.md §4), one JSON object a line, UTF-8:
+The four kinds of file (README, "Formats"), one JSON object a line, UTF-8:
 
     sft          prompt, response
     preferences  prompt, chosen, rejected (optional margin)

@@ -171,26 +171,3 @@ def broadcast_str(s: str | None) -> str:
     buf = data.to(dev) if is_main() else torch.empty(int(n.item()), dtype=torch.uint8, device=dev)
     dist.broadcast(buf, src=0)
     return buf.cpu().numpy().tobytes().decode("utf-8")
-
-
-def whiten(x, mask, shift_mean: bool = True):
-    """rlhf.ppo.whiten with its mean and variance taken over every rank's batch (the global batch).
-
-        n = sum_ranks sum(mask),  mean = sum_ranks sum(mask * x) / n,
-        var = sum_ranks sum(mask * (x - mean)^2) / (n - 1),   y = (x - mean) / sqrt(var + 1e-8) (+ mean)
-    x, mask: (B, T) on each rank (T may differ between ranks) -> (B, T). A single process calls ppo.whiten.
-    """
-    from rlhf.ppo import whiten as whiten_local
-    if world_size() == 1:
-        return whiten_local(x, mask, shift_mean)
-    assert x.shape == mask.shape, (x.shape, mask.shape)
-    real = mask > 0
-    s = all_reduce_sum(torch.stack([torch.where(real, x * mask, 0.0).sum(), mask.sum()]).double())
-    mean, n = (s[0] / s[1]).to(x.dtype), s[1]
-    if n < 2:
-        raise ValueError(f"whitening needs at least 2 real entries over all ranks (got {n.item():g})")
-    var = (all_reduce_sum(torch.where(real, (x - mean) ** 2 * mask, 0.0).sum().double()) / (n - 1)).to(x.dtype)
-    y = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        y = y + mean
-    return torch.where(real, y, 0.0)

@@ -1,5 +1,5 @@
-"""Evaluation of a policy (DESIGN.md §6): gold win rate against a reference policy, gold and proxy
-scores, KL to the reference, length, and the reward model's accuracy on the policy's own samples.
+"""Evaluation of a policy: gold win rate against a reference policy, gold and proxy scores, KL to the
+reference, length, and the reward model's accuracy on the policy's own samples (README, "Evaluation").
 
 Used by evaluate.py (one row of the results table) and by train_ppo.py every eval_every steps (the
 over-optimisation curve: gold and proxy against KL).
@@ -13,8 +13,9 @@ import math
 
 import torch
 
-from rlhf.metrics import bootstrap_ci, win_outcomes
-from rlhf.reward import score_texts
+from rlhf.metrics import bootstrap_ci, pair_accuracy, win_outcomes
+from rlhf.ppo import sequence_kl
+from rlhf.reward import policy_sample_pairs, rm_diagnostics, score_texts
 from rlhf.sampling import Rollout, response_logprobs, sample
 
 
@@ -35,13 +36,12 @@ def check_same_tokenizer(named: dict) -> None:
 
 
 @torch.no_grad()
-def sequence_kl(policy, ref, rollout: Rollout, temperature: float = 1.0):
-    """Per-sample estimate of KL(pi || pi_ref) from responses y sampled from pi:
+def rollout_kl(policy, ref, rollout: Rollout, temperature: float = 1.0):
+    """rlhf.ppo.sequence_kl of responses y sampled from pi, with both models' log-probs computed here:
 
-        KL_hat(x, y) = sum_t ( log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) )     (the k1 estimator,
-                                                                                          summed over the sequence)
-    Unbiased for the sequence-level KL when y ~ pi; single samples can be negative. Both models'
-    logits are divided by `temperature`, so with samples drawn at that temperature it estimates the
+        KL_hat(x, y) = sum_t ( log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) )     (k1, summed over the sequence)
+
+    Both models' logits are divided by `temperature`, so with samples drawn at that temperature it estimates the
     KL between the two tempered distributions (the ones actually sampled). One forward per model.
     rollout: query (B, Tq), response (B, Tr) -> (B,)
     """
@@ -49,7 +49,7 @@ def sequence_kl(policy, ref, rollout: Rollout, temperature: float = 1.0):
     args = (rollout.query_ids, rollout.query_mask, rollout.response_ids, rollout.response_mask)
     lp = response_logprobs(policy, *args, temperature=temperature)  # (B, Tr), 0 on padding
     lp_ref = response_logprobs(ref, *args, temperature=temperature)  # (B, Tr)
-    return (lp - lp_ref).sum(1)  # (B,)
+    return sequence_kl(lp, lp_ref, rollout.response_mask)  # (B,)
 
 
 def best_of_n_kl(n: int) -> float:
@@ -91,23 +91,19 @@ def rm_pair_accuracy(rm_a, rm_b, gold_a, gold_b) -> tuple[float, int]:
     Pairs whose gold scores tie are left out; an RM tie counts 1/2. -> (accuracy, pairs used);
     accuracy is NaN when no pair is decided by gold.
     """
-    out = []
-    for ra, rb, ga, gb in zip(rm_a, rm_b, gold_a, gold_b):
-        if ga == gb:
-            continue
-        d = (ra - rb) * (1.0 if ga > gb else -1.0)
-        out.append(1.0 if d > 0 else (0.5 if d == 0 else 0.0))
-    return _mean(out), len(out)
+    sign = [(1.0 if ga > gb else -1.0, i) for i, (ga, gb) in enumerate(zip(gold_a, gold_b)) if ga != gb]
+    ra, rb = [float(rm_a[i]) * s for s, i in sign], [float(rm_b[i]) * s for s, i in sign]
+    return pair_accuracy(ra, rb), len(sign)
 
 
 def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=None, max_new_tokens: int,
                     temperature: float = 0.7, seed: int = 0, batch_size: int = 64, best_of_n: int = 1,
                     ref_texts: list[str] | None = None, rm_pairs: bool = True) -> tuple[dict, list[dict]]:
-    """One sample per prompt (or the RM's pick of best_of_n), scored every way DESIGN.md §6 asks.
+    """One sample per prompt (or the RM's pick of best_of_n), scored as the README's metric glossary lists.
 
     Returns (metrics, samples). Metric keys (each only when its inputs are given):
       eval/n, eval/length (mean response tokens, EOS included), eval/stopped (share ending with EOS)
-      objective/kl   mean sequence_kl(policy, ref) on the samples; for best_of_n > 1 the analytic
+      objective/kl   mean rollout_kl(policy, ref) on the samples; for best_of_n > 1 the analytic
                      log n - (n-1)/n, the KL to the policy being sampled (= the reference when that
                      policy is the reference, the usual best-of-n baseline)
       proxy/score    mean RM score (rm)
@@ -159,7 +155,7 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
         if n > 1:
             metrics["objective/kl"] = best_of_n_kl(n)
         elif ref is not None:
-            kl = torch.cat([sequence_kl(policy, ref, _rows(roll, list(range(s, min(s + batch_size, P)))), temperature)
+            kl = torch.cat([rollout_kl(policy, ref, _rows(roll, list(range(s, min(s + batch_size, P)))), temperature)
                             for s in range(0, P, batch_size)]).tolist()  # (P,)
             metrics["objective/kl"] = _mean(kl)
 
@@ -202,3 +198,33 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
                 row[key] = vals[i]
         samples.append(row)
     return metrics, samples
+
+
+def rm_report(rm, tok, task, policy, sft_prompts: list[str], held_samples: list[dict], seed: int = 0) -> dict:
+    """The RM's accuracy where PPO will use it, beside rm_diagnostics on the held-out labelled pairs:
+
+      sft_pairs/*    rm_diagnostics on two SFT samples (temperature 1.0) per prompt of `sft_prompts`, ordered by
+                     the task's annotator: what PPO shows the RM first
+      rlp/onpolicy_gold_accuracy_before, _after, rlp/onpolicy_pairs   RLP: gold-ordering accuracy on the first two
+                     samples of each held-out policy-samples row, before (the rewards stored in the samples file,
+                     from the previous RM) and after retraining (this RM)
+    Needs a gold judge (task); returns {} without one.
+    """
+    out = {}
+    if task is None:
+        return out
+    if sft_prompts:
+        p, c, r = policy_sample_pairs(policy, tok, task, sft_prompts, temperature=1.0, seed=seed)
+        s = score_texts(rm, tok, p + p, c + r)
+        out.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
+    hp = [(r["prompt"], r["responses"][0], r["responses"][1], r["rewards"][0], r["rewards"][1]) for r in held_samples
+          if len(r["responses"]) >= 2 and r["responses"][0] != r["responses"][1]]
+    if held_samples:
+        ga = [task.gold(x[0], x[1]) for x in hp]
+        gb = [task.gold(x[0], x[2]) for x in hp]
+        s = score_texts(rm, tok, [x[0] for x in hp] * 2, [x[1] for x in hp] + [x[2] for x in hp])
+        before, n_hp = rm_pair_accuracy([x[3] for x in hp], [x[4] for x in hp], ga, gb)
+        after, _ = rm_pair_accuracy(s[:len(hp)].tolist(), s[len(hp):].tolist(), ga, gb)
+        out.update({"rlp/onpolicy_gold_accuracy_before": before, "rlp/onpolicy_gold_accuracy_after": after, "rlp/onpolicy_pairs": n_hp})
+        print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}")
+    return out

@@ -8,10 +8,21 @@ import torch
 
 
 def win_outcomes(scores_a, scores_b, tie_tol: float = 1e-9):
-    """Per-item outcome of A against B: 1 win, 0.5 tie, 0 loss.  scores (N,) -> (N,)"""
+    """Per-item outcome of A against B: 1 win, 0.5 tie (|a - b| <= tie_tol), 0 loss.  scores (N,) -> (N,) float64"""
     a, b = torch.as_tensor(scores_a, dtype=torch.float64), torch.as_tensor(scores_b, dtype=torch.float64)
     d = a - b
     return torch.where(d > tie_tol, 1.0, torch.where(d < -tie_tol, 0.0, 0.5))
+
+
+def pair_accuracy(scores_a, scores_b, tie_tol: float = 0.0) -> float:
+    """Share of pairs in which A scores above B, a tie counting 1/2: mean of win_outcomes. NaN for no pairs.
+
+        acc = (1 / N) * sum_i ( [a_i > b_i] + 0.5 * [a_i == b_i] )
+    The one pairwise-accuracy rule of the project: RM accuracy against labels or gold, the length rule, the
+    RM's training accuracy. scores_a, scores_b (N,) -> float
+    """
+    outcomes = win_outcomes(scores_a, scores_b, tie_tol)
+    return outcomes.mean().item() if outcomes.numel() else float("nan")
 
 
 def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:

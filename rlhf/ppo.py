@@ -85,24 +85,46 @@ def shaped_rewards(score, logprobs, ref_logprobs, mask, kl_coef: float, kind: st
     return rewards
 
 
-def whiten(x, mask, shift_mean: bool = True):
+def whiten(x, mask, shift_mean: bool = True, reduce=None):
     """Normalise x to unit variance (and zero mean) over all real entries of the batch.
 
     Ref: reference code, not a paper equation: openai/lm-human-preferences and huggingface/trl `whiten`,
     with the masked statistics of trl `masked_whiten`.
-        y = (x - mean) / sqrt(var + 1e-8),   mean, var (unbiased) over real entries
+        n = sum(mask),  mean = sum(mask * x) / n,  var = sum(mask * (x - mean)^2) / n * n / (n - 1)  (unbiased)
+        y = (x - mean) / sqrt(var + 1e-8)
         shift_mean=False: y = (x - mean) / sqrt(var + 1e-8) + mean   (scale only)
     Scale-only keeps the mean, so whitened rewards keep their sign on average: the reference code uses it
     for rewards (AlpacaFarm's `whiten_rewards`), where subtracting the mean would erase whether the batch
     did well; advantages are whitened with the mean removed. Padding is 0 in the result.
-    x, mask: same shape, e.g. (B, T) -> same shape
+    reduce: sums a tensor over processes (rlhf.distributed.all_reduce_sum under torchrun), so the statistics
+    are those of every rank's batch together; None: this batch alone.
+    x, mask: same shape, e.g. (B, T) -> same shape (T may differ between ranks)
     """
     assert x.shape == mask.shape, (x.shape, mask.shape)
-    mean, var = masked_mean(x, mask), masked_var(x, mask, unbiased=True)
+    total = (lambda t: t) if reduce is None else reduce
+    real = mask > 0
+    sums = total(torch.stack([torch.where(real, x * mask, 0.0).sum(), mask.sum()]))
+    n = sums[1]
+    if n < 2:  # n / (n - 1) would be inf or nan and poison every advantage downstream
+        raise ValueError(f"whitening needs at least 2 real entries (got {n.item():g})")
+    mean = sums[0] / n
+    var = total(torch.where(real, (x - mean) ** 2 * mask, 0.0).sum()) / n * n / (n - 1)
     y = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         y = y + mean
-    return torch.where(mask > 0, y, 0.0)
+    return torch.where(real, y, 0.0)
+
+
+def sequence_kl(logprobs, ref_logprobs, mask):
+    """Per-sequence estimate of KL(pi || pi_ref) from a response y sampled from pi: the k1 estimator summed.
+
+    Ref: Schulman 2020, "Approximating KL Divergence" (k1); the sequence KL of Ziegler et al. 2019 eq. 2.
+        KL_hat(x, y) = sum_t mask_t * ( log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t) )
+    Unbiased for the sequence-level KL when y ~ pi; single samples can be negative.
+    logprobs, ref_logprobs, mask (B, T) -> (B,)
+    """
+    assert logprobs.shape == ref_logprobs.shape == mask.shape, (logprobs.shape, ref_logprobs.shape, mask.shape)
+    return torch.where(mask > 0, logprobs - ref_logprobs, 0.0).sum(1)
 
 
 def gae(rewards, values, mask, gamma: float, lam: float):

@@ -9,9 +9,10 @@ import random
 import torch
 import torch.nn.functional as F
 
-from rlhf.metrics import expected_calibration_error, pearson
+from rlhf.metrics import expected_calibration_error, pair_accuracy, pearson
 from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response
+from rlhf.tokenizer import too_long
 
 AGGREGATES = ("mean", "median", "max", "min")
 
@@ -75,9 +76,7 @@ def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: i
     for s in range(0, len(prompts), batch_size):
         p = tok.encode_prompts(prompts[s:s + batch_size])
         r = tok.encode_responses(responses[s:s + batch_size])
-        too_long = [i for i in range(len(p)) if len(p[i]) + len(r[i]) > rm.config.block_size]
-        if too_long:
-            i = too_long[0]
+        for i in too_long(p, r, rm.config.block_size)[:1]:
             raise ValueError(f"prompt + response {s + i} is {len(p[i]) + len(r[i])} tokens, longer than the reward "
                              f"model's context ({rm.config.block_size})")
         ids, mask, _ = join_prompt_response(p, r, tok.pad_id)
@@ -106,10 +105,9 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     sc, sr = torch.as_tensor(s_chosen, dtype=torch.float64), torch.as_tensor(s_rejected, dtype=torch.float64)
     lc = [len(t.split()) for t in chosen]
     lr = [len(t.split()) for t in rejected]
-    half = lambda d: 1.0 if d > 0 else (0.5 if d == 0 else 0.0)  # noqa: E731
     out = {"rm/n_pairs": len(prompts),
-           "rm/accuracy": _acc([half(a - b) for a, b in zip(sc.tolist(), sr.tolist())]),
-           "rm/length_rule_accuracy": _acc([half(a - b) for a, b in zip(lc, lr)]),
+           "rm/accuracy": pair_accuracy(sc, sr),
+           "rm/length_rule_accuracy": pair_accuracy(lc, lr),
            "rm/length_corr": pearson(torch.cat([sc, sr]), lc + lr),
            "rm/reward_mean": torch.cat([sc, sr]).mean().item(), "rm/reward_std": torch.cat([sc, sr]).std().item()}
     if task is None:
@@ -117,9 +115,10 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     gc = [task.gold(p, t) for p, t in zip(prompts, chosen)]
     gr = [task.gold(p, t) for p, t in zip(prompts, rejected)]
     decided = [i for i in range(len(prompts)) if gc[i] != gr[i]]
-    sign = {i: 1.0 if gc[i] > gr[i] else -1.0 for i in decided}
-    out["rm/gold_accuracy"] = _acc([half(sign[i] * (sc[i] - sr[i]).item()) for i in decided])
-    out["rm/length_rule_gold_accuracy"] = _acc([half(sign[i] * (lc[i] - lr[i])) for i in decided])
+    sign = {i: 1.0 if gc[i] > gr[i] else -1.0 for i in decided}  # +1: gold prefers chosen
+    gold_order = lambda xs, ys, idx: pair_accuracy([sign[i] * xs[i] for i in idx], [sign[i] * ys[i] for i in idx])  # noqa: E731
+    out["rm/gold_accuracy"] = gold_order(sc.tolist(), sr.tolist(), decided)
+    out["rm/length_rule_gold_accuracy"] = gold_order(lc, lr, decided)
     out["rm/label_gold_accuracy"] = _acc([1.0 if sign[i] > 0 else 0.0 for i in decided])
     if decided:
         probs = torch.sigmoid(sc - sr)[decided]
@@ -129,10 +128,10 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
         a, b = task.gold_components(prompts[i], chosen[i]), task.gold_components(prompts[i], rejected[i])
         diff = [k for k in a if a[k] != b.get(k)]
         if len(diff) == 1:
-            comps.setdefault(diff[0], []).append(half(sign[i] * (sc[i] - sr[i]).item()))
-    for name, vals in sorted(comps.items()):
-        out[f"rm/component/{name}"] = _acc(vals)
-        out[f"rm/component/{name}/n"] = len(vals)
+            comps.setdefault(diff[0], []).append(i)
+    for name, idx in sorted(comps.items()):
+        out[f"rm/component/{name}"] = gold_order(sc.tolist(), sr.tolist(), idx)
+        out[f"rm/component/{name}/n"] = len(idx)
     return out
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from rlhf.data import DataError, pad_left, record_location
 from rlhf.model import GPT, generate
+from rlhf.tokenizer import too_long
 
 
 @dataclass
@@ -30,23 +31,20 @@ class Rollout:
 def encode_queries(tok, prompts: list[str], block_size: int, max_new_tokens: int):
     """Prompts -> left-padded (ids, mask); a prompt that leaves no room for the response is an error."""
     ids = tok.encode_prompts(prompts)
-    room = block_size - max_new_tokens
-    for i, q in enumerate(ids):
-        if len(q) > room:
-            raise ValueError(f"prompt {i} is {len(q)} tokens; with max_new_tokens={max_new_tokens} the model's "
-                             f"context ({block_size}) leaves room for {room}: {prompts[i][:80]!r}")
+    for i in too_long(ids, max_new_tokens, block_size)[:1]:
+        raise ValueError(f"prompt {i} is {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} the model's "
+                         f"context ({block_size}) leaves room for {block_size - max_new_tokens}: {prompts[i][:80]!r}")
     return pad_left(ids, tok.pad_id)
 
 
 def check_prompts_fit(tok, prompts: list[str], block_size: int, max_new_tokens: int, path) -> None:
     """Refuse, before any work, a prompt that leaves no room for max_new_tokens in the context: DataError naming
     the file and line (prompts[i] must be the i-th record read_jsonl returned from `path`)."""
-    room = block_size - max_new_tokens
-    for i, q in enumerate(tok.encode_prompts(prompts)):
-        if len(q) > room:
-            raise DataError(f"{record_location(path, i)}: field 'prompt': {len(q)} tokens (separator included), but the "
-                            f"model's context of {block_size} tokens leaves {max(room, 0)} for the prompt with "
-                            f"max_new_tokens={max_new_tokens}; shorten the prompt or lower --max-new-tokens")
+    ids = tok.encode_prompts(prompts)
+    for i in too_long(ids, max_new_tokens, block_size)[:1]:
+        raise DataError(f"{record_location(path, i)}: field 'prompt': {len(ids[i])} tokens (separator included), but the "
+                        f"model's context of {block_size} tokens leaves {max(block_size - max_new_tokens, 0)} for the prompt "
+                        f"with max_new_tokens={max_new_tokens}; shorten the prompt or lower --max-new-tokens")
 
 
 @torch.inference_mode()

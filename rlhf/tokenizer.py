@@ -87,3 +87,13 @@ class Tokenizer:
         if self.eos_id in ids:
             ids = ids[:ids.index(self.eos_id)]
         return self.decode(ids)
+
+
+def too_long(prompt_ids: list[list[int]], responses, block_size: int) -> list[int]:
+    """The one "fits in the context" rule: indices i with len(prompt_ids[i]) + response length > block_size.
+
+    responses: one int for every row (e.g. max_new_tokens, the room a rollout needs) or, per row, the
+    response's ids (or its length). Prompt ids include the separator, response ids the EOS.
+    """
+    lengths = [responses] * len(prompt_ids) if isinstance(responses, int) else [r if isinstance(r, int) else len(r) for r in responses]
+    return [i for i, (p, n) in enumerate(zip(prompt_ids, lengths)) if len(p) + n > block_size]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from helpers import run
 
+import rlhf.ppo_update
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
-from rlhf.ppo_update import ppo_update
+from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, check_dtype, maybe_compile
 from rlhf.sampling import response_logprobs, response_values
 from rlhf.sft import sft_loss
@@ -104,17 +105,20 @@ def _update_inputs(seed=0):
     return policy, value, (q, qm, r, rmask, old_lp, old_v, adv, ret)
 
 
-def test_ppo_update_first_minibatch_has_ratio_one_and_calls_the_grad_hook():
+def test_ppo_update_first_minibatch_has_ratio_one_and_calls_the_grad_hook(monkeypatch):
     policy, value, batch = _update_inputs()
     opts = [torch.optim.SGD(policy.parameters(), lr=0.0), torch.optim.SGD(value.parameters(), lr=0.0)]
-    calls = []
-    stats = ppo_update(policy, value, opts, *batch, ppo_epochs=2, minibatches=2, cliprange=0.2, cliprange_value=0.2,
-                       vf_coef=0.1, temperature=1.0, grad_clip=1.0, generator=torch.Generator().manual_seed(0),
-                       shared=False, grad_hook=lambda ps: calls.append(len(ps)))
-    assert len(stats) == 4 and len(calls) == 4  # 2 epochs x 2 minibatches
+    calls = []  # the gradient all-reduce (a no-op in one process) is called once per minibatch with every parameter
+    monkeypatch.setattr(rlhf.ppo_update.distributed, "all_reduce_grads", lambda ps: calls.append(len(list(ps))))
+    stats = ppo_update(policy, value, opts, Batch(*batch), PPOHParams(ppo_epochs=2, minibatches=2), torch.Generator().manual_seed(0))
+    assert len(calls) == 4  # 2 epochs x 2 minibatches
     assert calls[0] == len(list(policy.parameters())) + len(list(value.parameters()))
-    for s in stats:  # lr 0: the policy never moves, so every ratio is 1 and nothing is clipped
-        assert s["clip"] == 0.0 and s["akl"] < 1e-10 and math.isfinite(s["pg"]) and s["ent"] > 0
+    # lr 0: the policy never moves, so every ratio is 1 and nothing is clipped (the means over minibatches of
+    # non-negative statistics are 0 only when every minibatch's is)
+    assert set(stats) == {"ppo/loss/policy", "ppo/loss/value", "ppo/policy/clipfrac", "ppo/policy/approxkl", "ppo/val/clipfrac",
+                          "objective/entropy"}
+    assert stats["ppo/policy/clipfrac"] == 0.0 and stats["ppo/policy/approxkl"] < 1e-10
+    assert math.isfinite(stats["ppo/loss/policy"]) and stats["objective/entropy"] > 0
 
 
 def test_ppo_update_refuses_a_non_finite_loss_before_stepping():
@@ -125,9 +129,8 @@ def test_ppo_update_refuses_a_non_finite_loss_before_stepping():
     adv = adv.clone()
     adv[0, 0] = float("nan")
     with pytest.raises(FloatingPointError):
-        ppo_update(policy, value, opts, q, qm, r, rmask, old_lp, old_v, adv, ret, ppo_epochs=1, minibatches=1,
-                   cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, temperature=1.0, grad_clip=1.0,
-                   generator=torch.Generator().manual_seed(0), shared=False)
+        ppo_update(policy, value, opts, Batch(q, qm, r, rmask, old_lp, old_v, adv, ret), PPOHParams(ppo_epochs=1, minibatches=1),
+                   torch.Generator().manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 

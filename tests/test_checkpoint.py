@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from rlhf.checkpoint import (CheckpointError, check_state_dict, load_checkpoint, load_tokenizer_json,
-                             load_train_state, rng_state, save_checkpoint, set_rng_state)
+from rlhf.checkpoint import CheckpointError, check_state_dict, load_checkpoint, load_tokenizer_json, save_checkpoint
+from rlhf.resume import load_train_state, resume, rng_state, save_step, set_rng_state
 
 
 class Tiny(nn.Module):
@@ -54,15 +54,13 @@ def test_round_trip_then_resume_is_bitwise_exact(tmp_path):
     train_step(model, opt)
     train_step(model, opt)
     path = tmp_path / "ckpt"
-    save_checkpoint(path, model.state_dict(), {"n_embd": 8, "args": {"lr": 1e-2}}, "policy",
-                    tokenizer_json='{"model": "bpe ✓"}', optimizer=opt, train_state={"step": 2})
+    save_step(path, 2, {"policy": model}, {"policy": opt}, {"n_embd": 8, "args": {"lr": 1e-2}}, '{"model": "bpe ✓"}')
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no .tmp / .old left
     model2, opt2 = make(seed=1)  # different weights, fresh optimizer
     sd, config = load_checkpoint(path, expected_kind="policy")
     assert config == {"n_embd": 8, "args": {"lr": 1e-2}, "kind": "policy"}  # "_aliases" is internal
     assert sd["head.weight"] is sd["emb.weight"]  # the alias comes back as the same tensor
-    model2.load_state_dict(sd)
-    assert load_train_state(path, opt2) == {"step": 2}
+    assert resume(path, {"policy": model2}, {"policy": opt2}) == {"step": 2}
     assert load_tokenizer_json(path) == '{"model": "bpe ✓"}'
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), k
@@ -82,11 +80,12 @@ def test_overwrite_and_state_optional(tmp_path):
     assert load_tokenizer_json(path) is None
     with pytest.raises(CheckpointError, match="no state.json"):
         load_train_state(path)
-    save_checkpoint(path, {"w": torch.ones(2)}, {}, "value", train_state={"step": 5})
+    w = nn.Linear(2, 1)
+    save_step(path, 5, {"value": w}, {}, {})
     assert load_checkpoint(path)[1]["kind"] == "value" and sorted(os.listdir(tmp_path)) == ["ckpt"]
-    _, opt = make()
-    with pytest.raises(CheckpointError, match="holds no optimizer state"):
-        load_train_state(path, opt)
+    assert load_train_state(path)["step"] == 5
+    with pytest.raises(CheckpointError, match="holds no state of the 'value' optimizer"):
+        resume(path, {"value": w}, {"value": torch.optim.SGD(w.parameters(), lr=0.1)})
 
 
 def test_wrong_kind_refused(tmp_path):
@@ -202,8 +201,10 @@ def test_check_state_dict_messages():
 def test_optimizer_shape_mismatch_refused(tmp_path):
     model, opt = make()
     train_step(model, opt)
-    save_checkpoint(tmp_path / "c", model.state_dict(), {}, "policy", optimizer=opt)
+    save_step(tmp_path / "c", 1, {"policy": model}, {"policy": opt}, {})
     torch.manual_seed(0)
     small = Tiny(d=4)
-    with pytest.raises(CheckpointError, match=r"optimizer state 'state.0.exp_avg' has shape \(11, 8\) but parameter 0"):
-        load_train_state(tmp_path / "c", torch.optim.AdamW(small.parameters()))
+    sd = {k: v for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"'policy' optimizer state 'state.0.exp_avg' has shape \(11, 8\) but parameter 0"):
+        resume(tmp_path / "c", {"policy": model}, {"policy": torch.optim.AdamW(small.parameters())})
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in sd.items())

@@ -1,31 +1,31 @@
 """rlhf.config: flags from a dataclass, presets, limits, run directories, seeding, metrics."""
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rlhf.config import (MetricsWriter, RunDirError, config_to_dict, parse_args, prepare_run_dir, print_config,
-                         read_metrics, seed_everything)
+from rlhf.config import arg, config_to_dict, parse_args, print_config
+from rlhf.run import MetricsWriter, RunDirError, prepare_run_dir, read_metrics, seed_everything
 from rlhf.data import DataError
 
 
 @dataclass
 class Args:
-    batch_size: int = field(default=8, metadata={"help": "prompts per batch", "min": 1})
-    lr: float = field(default=1e-3, metadata={"help": "learning rate (100% Adam)", "min": 0, "min_exclusive": True})
-    whiten_rewards: bool = field(default=False, metadata={"help": "whiten the rewards"})
-    name: str = field(default="run", metadata={"help": "run name"})
-    init_from: str | None = field(default=None, metadata={"help": "checkpoint to start from"})
-    max_steps: int | None = field(default=None, metadata={"help": "stop after this many", "min": 1})
-    kl_estimator: str = field(default="k1", metadata={"help": "KL estimator", "choices": ["k1", "k2", "k3", "abs"]})
-    cliprange: float = field(default=0.2, metadata={"help": "PPO clip", "min": 0, "max": 1})
-    seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds", "min": 0})
-    out: Path = field(default=Path("runs/x"), metadata={"help": "run directory"})
-    preset: str | None = field(default=None, metadata={"help": "set by --preset"})
+    batch_size: int = arg(8, "prompts per batch", ge=1)
+    lr: float = arg(1e-3, "learning rate (100% Adam)", gt=0)
+    whiten_rewards: bool = arg(False, "whiten the rewards")
+    name: str = arg("run", "run name")
+    init_from: str | None = arg(None, "checkpoint to start from")
+    max_steps: int | None = arg(None, "stop after this many", ge=1)
+    kl_estimator: str = arg("k1", "KL estimator", choices=["k1", "k2", "k3", "abs"])
+    cliprange: float = arg(0.2, "PPO clip", ge=0, le=1)
+    seeds: list[int] = arg([0], "seeds", ge=0)
+    out: Path = arg(Path("runs/x"), "run directory")
+    preset: str | None = arg(None, "set by --preset")
 
 
 PRESETS = {"tiny": {"batch_size": 2, "lr": 3e-3}, "small": {"batch_size": 32, "kl_estimator": "k3"}}
@@ -89,8 +89,8 @@ def test_preset_values_are_checked_too(capsys):
 def test_post_init_errors_exit_2(capsys):
     @dataclass
     class Sized:
-        batch_size: int = field(default=8, metadata={"help": "b"})
-        minibatch_size: int = field(default=3, metadata={"help": "m"})
+        batch_size: int = arg(8, "b")
+        minibatch_size: int = arg(3, "m")
 
         def __post_init__(self):
             if self.batch_size % self.minibatch_size:

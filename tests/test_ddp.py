@@ -53,7 +53,7 @@ g = torch.Generator().manual_seed(0)
 x = torch.randn(6, 5, generator=g)
 mask = (torch.arange(5)[None] < torch.tensor([5, 3, 1, 4, 2, 3])[:, None]).float()
 full = whiten(x, mask)
-mine = distributed.whiten(x[3 * r:3 * r + 3, :5 - r], mask[3 * r:3 * r + 3, :5 - r])
+mine = whiten(x[3 * r:3 * r + 3, :5 - r], mask[3 * r:3 * r + 3, :5 - r], reduce=distributed.all_reduce_sum)
 torch.testing.assert_close(mine, full[3 * r:3 * r + 3, :5 - r], atol=1e-5, rtol=0)
 # gradients averaged; parameters and strings come from rank 0
 m = torch.nn.Linear(2, 1)
@@ -87,7 +87,7 @@ def test_single_process_is_untouched():
     assert (distributed.rank(), distributed.world_size(), distributed.is_main()) == (0, 1, True)
     assert distributed.batch_positions(3, 4) == range(12, 16) and distributed.rank_seed(5) == 5
     x, mask = torch.randn(3, 4), torch.ones(3, 4)
-    assert torch.equal(distributed.whiten(x, mask), whiten(x, mask))
+    assert torch.equal(whiten(x, mask, reduce=distributed.all_reduce_sum), whiten(x, mask))
     assert distributed.all_reduce_mean(x) is x and distributed.mean_weight(mask.sum()) == 1.0
 
 
@@ -125,4 +125,4 @@ def test_ppo_runs_on_two_ranks(small):
     rows = [json.loads(line) for line in (d / "ppo" / "metrics.jsonl").open()]
     assert [r["step"] for r in rows] == [0, 1, 2]  # one writer; the held-out evaluation at 0 and 2
     assert "gold/score" in rows[0] and "gold/score" in rows[2] and rows[2]["objective/kl_coef"] == 0.05
-    assert (d / "ppo" / "ckpt" / "model.safetensors").exists() and (d / "ppo" / "value_ckpt").exists()
+    assert (d / "ppo" / "ckpt" / "model.safetensors").exists() and (d / "ppo" / "ckpt" / "value.safetensors").exists()

@@ -8,7 +8,7 @@ from helpers import run
 
 from rlhf.checkpoint import load_model
 from rlhf.data import read_jsonl
-from rlhf.evaluation import check_same_tokenizer, evaluate_policy, rm_pair_accuracy, sequence_kl
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy, rm_pair_accuracy, rollout_kl
 from rlhf.sampling import sample
 from rlhf.tasks import get_task
 
@@ -35,17 +35,17 @@ def test_check_same_tokenizer_mismatch_message():
                             "its reward model must share one tokenizer")
 
 
-def test_sequence_kl_of_a_model_against_itself_is_zero(models):
+def test_rollout_kl_of_a_model_against_itself_is_zero(models):
     policy, ref, _, tok, prompts, _ = models
     policy.eval()
     roll = sample(policy, tok, prompts[:16], 16, temperature=0.7, generator=torch.Generator().manual_seed(0))
-    kl = sequence_kl(policy, ref, roll, temperature=0.7)  # same weights in two modules: log-ratio 0 token by token
+    kl = rollout_kl(policy, ref, roll, temperature=0.7)  # same weights in two modules: log-ratio 0 token by token
     assert kl.shape == (16,) and kl.abs().max().item() < 1e-6
     # against a perturbed copy the estimate moves; the sign of one sample's k1 estimate may be either
     with torch.no_grad():
         ref.wte.weight.add_(0.05 * torch.randn_like(ref.wte.weight, generator=torch.Generator().manual_seed(1)))
     try:
-        assert sequence_kl(policy, ref, roll, temperature=0.7).abs().max().item() > 1e-3
+        assert rollout_kl(policy, ref, roll, temperature=0.7).abs().max().item() > 1e-3
     finally:
         ref.load_state_dict(policy.state_dict())
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_var,
-                      policy_loss, shaped_rewards, value_loss, whiten)
+                      policy_loss, sequence_kl, shaped_rewards, value_loss, whiten)
 
 D = torch.float64
 
@@ -63,6 +63,22 @@ def test_whiten_hand_example_and_padding():
         assert close(whiten(x, mask, shift_mean=False), [[3.0, 4.0, 5.0, 0.0]])  # (x - 4) / 2 + 4
     # the same numbers over two rows: statistics are over the whole batch, not per row
     assert close(whiten(t([[2.0, 4.0], [6.0, -7.0]]), t([[1, 1], [1, 0]])), [[-1.0, 0.0], [1.0, 0.0]])
+
+
+def test_whiten_with_a_reduce_sums_over_both_halves():
+    # a reduce that adds a second "rank" holding the same batch: the statistics of the doubled batch
+    # x = [2, 4, 6] twice: mean 4, sum of squares 16 over n = 6, unbiased var 16 / 5 = 3.2
+    x, mask = t([[2.0, 4.0, 6.0, 0.0]]), t([[1, 1, 1, 0]])
+    y = whiten(x, mask, reduce=lambda s: 2 * s)
+    assert close(y, [[-2 / math.sqrt(3.2), 0.0, 2 / math.sqrt(3.2), 0.0]])
+
+
+def test_sequence_kl_hand_values():
+    # row 0: log-ratios 0.5, -0.25 on real tokens, padding ignored -> 0.25; row 1: one token, 1.0 - 0.0 -> 1.0
+    lp = t([[0.5, -0.25, 9.0], [1.0, 7.0, 7.0]])
+    ref = t([[0.0, 0.0, -9.0], [0.0, math.inf, 0.0]])
+    mask = t([[1, 1, 0], [1, 0, 0]])
+    assert close(sequence_kl(lp, ref, mask), [0.25, 1.0])
 
 
 def test_masked_mean_var():

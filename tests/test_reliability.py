@@ -1,4 +1,4 @@
-"""Reliability (issue 9): crash-safe resume after SIGKILL, determinism, every bad input answered with a clear
+"""Reliability: crash-safe resume after SIGKILL, determinism, every bad input answered with a clear
 message, numerical guards, no pickle, fuzzed readers.
 
 Crash tests start a script in a subprocess, SIGKILL it once the filesystem shows it is mid-way, rerun it and
@@ -32,9 +32,10 @@ import sample_baselines  # noqa: E402
 import train_ppo  # noqa: E402
 import train_rm  # noqa: E402
 import train_sft  # noqa: E402
-from rlhf.checkpoint import (CheckpointError, drop_previous, find_companion, load_checkpoint, load_train_state,  # noqa: E402
-                             save_checkpoint, save_companion)
-from rlhf.config import read_metrics  # noqa: E402
+import rlhf.checkpoint  # noqa: E402
+from rlhf.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from rlhf.resume import load_train_state, resume, save_step  # noqa: E402
+from rlhf.run import read_metrics  # noqa: E402
 from rlhf.data import SCHEMAS, DataError, append_jsonl, read_json, read_jsonl, read_objects  # noqa: E402
 from rlhf.tokenizer import Tokenizer  # noqa: E402
 
@@ -145,7 +146,7 @@ def test_rm_killed_and_resumed_matches_uninterrupted(algo, tmp_path):
 
 
 def test_ppo_killed_and_resumed_matches_uninterrupted(algo, tmp_path):
-    """PPO against the RM with the value model from the RM: two checkpoints per save (value, then policy)."""
+    """PPO against the RM with the value model from the RM: policy, value, both optimisers in one checkpoint."""
     common = ["train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
               "--rm", str(algo / "rm" / "ckpt"), "--steps", "15", "--ckpt-every", "3", "--eval-every", "10",
               "--n-eval", "16", "--threads", "1"]
@@ -156,32 +157,33 @@ def test_ppo_killed_and_resumed_matches_uninterrupted(algo, tmp_path):
     run(*common, "--out", str(killed), "--resume")
     assert metrics(killed) == metrics(tmp_path / "full")
     assert [r["step"] for r in metrics(killed)] == list(range(0, 16))
-    assert not (killed / "value_ckpt.prev").exists()
+    assert sorted(p.name for p in killed.iterdir() if p.name.startswith("ckpt")) == ["ckpt"]
 
 
-def test_companion_checkpoint_survives_a_crash_between_the_two_saves(tmp_path):
-    """PPO saves value_ckpt, then ckpt (the commit point). A crash in between must leave a value checkpoint
-    that matches ckpt: the replaced one stays as value_ckpt.prev until ckpt is written."""
-    v, main = tmp_path / "value_ckpt", tmp_path / "ckpt"
+def test_a_crash_mid_save_leaves_every_module_at_one_step(tmp_path, monkeypatch):
+    """PPO's policy and value model (and their optimisers) are one checkpoint: a crash while the value weights
+    are being written leaves the previous step whole, never a new policy beside an old value model."""
+    ckpt = tmp_path / "ckpt"
+    policy, value = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
 
-    def save(step, crash_after_value=False):
-        save_companion(v, {"w": torch.full((2,), float(step))}, {}, kind="value", train_state={"step": step})
-        if crash_after_value:
-            return
-        save_checkpoint(main, {"w": torch.zeros(2)}, {}, kind="policy", train_state={"step": step})
-        drop_previous(v)
+    def save(step):
+        with torch.no_grad():
+            policy.weight.fill_(step), value.weight.fill_(step)
+        save_step(ckpt, step, {"policy": policy, "value": value}, {}, {})
     save(1)
-    assert find_companion(v, 1) == v and not (tmp_path / "value_ckpt.prev").exists()
-    save(2, crash_after_value=True)  # killed after the value save, before the policy save
-    at = find_companion(v, load_train_state(main)["step"])
-    assert at.name == "value_ckpt.prev" and load_checkpoint(at)[0]["w"].tolist() == [1.0, 1.0]
-    save(2)  # the resumed run saves again: both at step 2, .prev gone
-    assert find_companion(v, 2) == v and not (tmp_path / "value_ckpt.prev").exists()
-    os.rename(v, tmp_path / "value_ckpt.prev")  # killed after the rename, before the value save
-    assert find_companion(v, 2).name == "value_ckpt.prev"
-    with pytest.raises(CheckpointError, match=r"value_ckpt: no checkpoint saved at step 7, the step of the main "
-                                              r"checkpoint beside it \(found: value_ckpt.prev at step 2\); rerun with --overwrite"):
-        find_companion(v, 7)
+    real = rlhf.checkpoint._write_safetensors
+
+    def crash_on_value(tensors, file):
+        if file.name == "value.safetensors":
+            raise KeyboardInterrupt  # killed after the policy's weights were written, before the value model's
+        real(tensors, file)
+    monkeypatch.setattr(rlhf.checkpoint, "_write_safetensors", crash_on_value)
+    with pytest.raises(KeyboardInterrupt):
+        save(2)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # the half-written ckpt.tmp is gone
+    assert resume(ckpt, {"policy": policy, "value": value}, {})["step"] == 1
+    assert policy.weight.unique().tolist() == [1.0] and value.weight.unique().tolist() == [1.0]
 
 
 def test_sample_baselines_killed_then_rerun_completes_the_same_file(algo, tmp_path):
@@ -303,7 +305,7 @@ def test_ppo_non_finite_stage_stops_and_keeps_last_checkpoint(algo, tmp_path, mo
                         "--reward", "gold", "--steps", "6", "--ckpt-every", "2", "--eval-every", "100", "--n-eval", "8",
                         "--out", str(out), *ONE_THREAD])
     assert str(e.value) == f"error: non-finite {stage} at iteration 3; the last good checkpoint is {out / 'ckpt'} (step 2)"
-    assert state_step(out / "ckpt") == state_step(out / "value_ckpt") == 2
+    assert state_step(out / "ckpt") == 2 and (out / "ckpt" / "value.safetensors").is_file()
 
 
 # ---- 5. no code runs on load -----------------------------------------------------------------------
@@ -394,8 +396,8 @@ def test_flag_combinations_refused(algo, tmp_path):
         shutil.copy(algo / "data" / f, tmp_path / "nometa" / f)
     assert "--reward gold needs a gold judge" in _err(train_ppo.main, ["--preset", "smoke", "--data", str(tmp_path / "nometa"), "--sft", sft,
                                                                        "--reward", "gold", "--out", str(tmp_path / "c")])
-    assert _err(train_rm.main, ["--preset", "smoke", "--data", data, "--sft", sft, "--rm-init", "previous", "--out", str(tmp_path / "d")]) == \
-        "--rm-init previous needs --previous-rm CKPT"
+    assert _err(train_ppo.main, ppo + ["--value-head", "shared", "--value-init", "rm", "--out", str(tmp_path / "d")]) == \
+        "--value-init rm needs --value-head separate (a shared value head sits on the policy trunk)"
     assert "pass --rm" in _err(evaluate.main, ["--policy", sft, "--reference", "none", "--data", data, "--best-of-n", "4",
                                                "--out", str(tmp_path / "e.json")])
     assert _err(train_sft.main, ["--preset", "smoke", "--data", data, "--out", str(tmp_path / "f"), "--resume", "--overwrite"]) == \

@@ -101,7 +101,7 @@ def test_proxy_gain_is_taken_seed_by_seed(tmp_path):
     """Each seed's RM has its own offset: the gain column subtracts SFT's proxy of the same seed (worked by hand:
     PPO 2.0 - 1.0 = 1.0 in seed 0, 7.5 - 5.0 = 2.5 in seed 1 -> mean 1.75, std sqrt(1.125))."""
     sys.path.insert(0, str(ROOT))
-    import reproduce
+    from rlhf import report
     ev = {}
     for m, proxies in (("sft", (1.0, 5.0)), ("ppo", (2.0, 7.5))):
         for s, x in enumerate(proxies):
@@ -109,9 +109,51 @@ def test_proxy_gain_is_taken_seed_by_seed(tmp_path):
             f.write_text(json.dumps({"gold/win_rate": 0.5, "gold/win_rate_lo": 0.4, "gold/win_rate_hi": 0.6,
                                      "gold/score": 0.7, "proxy/score": x, "objective/kl": 1.0, "eval/length": 40}))
             ev.setdefault(m, []).append(f)
-    s = reproduce.summarise(ev)
+    s = report.summarise(ev)
     assert s["ppo"]["proxy/gain"]["mean"] == 1.75 and math.isclose(s["ppo"]["proxy/gain"]["std"], math.sqrt(1.125))
     assert s["sft"]["proxy/gain"] == {"mean": 0.0, "std": 0.0}
-    no_base = reproduce.summarise({"ppo": ev["ppo"]})
+    no_base = report.summarise({"ppo": ev["ppo"]})
     assert math.isnan(no_base["ppo"]["proxy/gain"]["mean"])
-    assert "| - |" in reproduce.table(no_base)
+    assert "| - |" in report.table(no_base)
+    # two PPO seeds over seed 0's SFT (--ppo-seeds 2): both subtract seed 0's SFT proxy, 1.0 -> gains 1.0 and 6.5
+    two = report.summarise({"sft": ev["sft"][:1], "ppo": ev["ppo"]}, seed_of={"sft": [0], "ppo": [0, 0]})
+    assert two["ppo"]["proxy/gain"]["mean"] == 3.75
+
+
+def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
+    """The progress bar's total (count_stages) equals the stages the call runs, for several settings; the default
+    call's 17 stages, all methods' 19 and --seeds 3's 51 are the README's; --ppo-seeds repeats only PPO and its eval."""
+    sys.path.insert(0, str(ROOT))
+    import reproduce
+
+    cmds = []
+
+    def fake_run(cmd, **kw):
+        cmds.append(cmd[1:])
+        Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+        return type("R", (), {"returncode": 0})()
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    cases = [([], 17), (["--methods", ",".join(reproduce.METHODS)], 19), (["--seeds", "3"], 51),
+             (["--methods", "sft,ppo,contrastive,oracle", "--seeds", "2", "--noise-sweep", "--noise-levels", "0.0,0.25"], None),
+             (["--methods", "sft,best_of_n", "--noise-sweep"], None), (["--methods", "rlp_spg", "--ppo-seeds", "2"], None),
+             (["--methods", "sft,ppo,rlp_uml", "--ppo-seeds", "3", "--noise-sweep", "--noise-levels", "0.25"], None)]
+    for i, (argv, expected) in enumerate(cases):
+        args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / f"c{i}"), *argv])
+        methods = reproduce.parse_methods(args.methods)
+        levels = reproduce.parse_levels(args.noise_levels) if args.noise_sweep else []
+        n = reproduce.count_stages(args, methods, levels)
+        st = reproduce.Stages(Path(args.out), n, 0)
+        cmds.clear()
+        reproduce.run_all(st, args, methods, levels)
+        st.bar.close()
+        assert st.ran == n == len(cmds) and st.reused == 0, (argv, n, st.ran)
+        assert len({p.name for p in (Path(args.out) / "stages").glob("*.json")}) == n  # one record per stage
+        if expected is not None:
+            assert n == expected, (argv, n)
+    # the last case: PPO seeds 0, 1, 2 over one SFT, and one RM and RLP RM per annotator; RLP samples from PPO seed 0
+    ppo = [c for c in cmds if c[0] == "train_ppo.py" and "noise0.25" not in " ".join(c)]
+    assert sorted(c[c.index("--seed") + 1] for c in ppo) == ["0", "0", "1", "1", "2", "2"]
+    assert [c[0] for c in cmds].count("train_sft.py") == 1 and [c[0] for c in cmds].count("train_rm.py") == 4  # RM, RLP-UML's RM; twice
+    samples = next(c for c in cmds if "prompts_unlabelled.jsonl" in " ".join(c))
+    assert samples[samples.index("--policy") + 1] == str(tmp_path / "c6" / "s0" / "ppo" / "ckpt")

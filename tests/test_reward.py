@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rlhf.metrics import bootstrap_ci, expected_calibration_error, pearson, win_outcomes
+from rlhf.metrics import bootstrap_ci, expected_calibration_error, pair_accuracy, pearson, win_outcomes
 from rlhf.reward import aggregate_baselines, bradley_terry_loss, contrastive_reward, rm_diagnostics
 
 
@@ -45,6 +45,14 @@ def test_win_rate_and_bootstrap():
     # mean 0.5, std error sqrt(0.25 / 100) = 0.05: the 95% interval is about 0.5 +- 0.098
     assert 0.38 < lo < 0.43 and 0.57 < hi < 0.62
     assert bootstrap_ci([0.7] * 10) == pytest.approx((0.7, 0.7))
+
+
+def test_pair_accuracy_counts_ties_half():
+    # pairs (3 > 1) win, (2 == 2) tie, (0 < 5) loss, (4 > -1) win: (1 + 0.5 + 0 + 1) / 4 = 0.625
+    assert pair_accuracy([3.0, 2.0, 0.0, 4.0], [1.0, 2.0, 5.0, -1.0]) == 0.625
+    assert pair_accuracy(torch.tensor([1.0]), torch.tensor([2.0])) == 0.0  # tensors too
+    assert pair_accuracy([0.0, 1.0], [1e-12, 0.0], tie_tol=1e-9) == 0.75  # a tolerance makes near-ties ties
+    assert math.isnan(pair_accuracy([], []))
 
 
 def test_ece_and_pearson_by_hand():

@@ -32,7 +32,7 @@ def test_uml_trains_mib_heads_and_reports_before_after(algo, policy_samples):
     assert first["rm/loss"] < 1.0 and first["rm/loss"] + 0.5 * first["rlp/mib_loss"] > 1.0
     diag = json.loads((d / "uml" / "diagnostics.json").read_text())
     assert 0 <= diag["rlp/onpolicy_gold_accuracy_before"] <= 1 and 0 <= diag["rlp/onpolicy_gold_accuracy_after"] <= 1
-    assert (d / "uml" / "aux_ckpt" / "model.safetensors").exists()
+    assert (d / "uml" / "ckpt" / "aux.safetensors").exists()
 
 
 def test_spg_threshold_and_select_all_ablation(algo, policy_samples):

@@ -120,7 +120,7 @@ def test_ppo_smoke_gold_reward_raises_score(algo):
     evals = [r for r in rows if "gold/score" in r]
     assert [r["step"] for r in evals] == [0, 20, 40] and all(0 <= r["gold/win_rate"] <= 1 for r in evals)
     assert (algo / "ppo_gold" / "ckpt" / "model.safetensors").exists()
-    assert (algo / "ppo_gold" / "value_ckpt" / "model.safetensors").exists()
+    assert (algo / "ppo_gold" / "ckpt" / "value.safetensors").exists()
 
 
 def test_ppo_with_rm_and_evaluate(algo):

@@ -1,7 +1,7 @@
 """Byte-level BPE: round trips, the template, specials, determinism."""
 import pytest
 
-from rlhf.tokenizer import Tokenizer
+from rlhf.tokenizer import Tokenizer, too_long
 
 TEXTS = ["write a happy story about mia and a red kite .",
          "mia found a red kite . mia smiled . the sun was warm .",
@@ -42,3 +42,11 @@ def test_save_load_and_determinism(tok):
 def test_vocab_size_too_small():
     with pytest.raises(ValueError, match="vocab_size must be >= 260"):
         Tokenizer.train(TEXTS, vocab_size=100)
+
+
+def test_too_long_is_the_one_context_rule():
+    prompts = [[1, 2, 3], [1], [1, 2, 3, 4, 5]]
+    # a room of 2 tokens for every response in a context of 5: 3 + 2 fits, 1 + 2 fits, 5 + 2 does not
+    assert too_long(prompts, 2, 5) == [2]
+    # per-row responses, as ids or lengths: 3 + 3 > 5, 1 + 4 = 5 fits, 5 + 0 = 5 fits
+    assert too_long(prompts, [[7, 7, 7], 4, []], 5) == [0]

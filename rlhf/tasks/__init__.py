@@ -88,7 +88,7 @@ class Task:
     answer 73% before flips, a gap of 0.3 gives 95%; 10% of labels are flipped at random; ten extra words
     add 0.25 to the logit (a 40-word gap alone gives 73%), a bias an RM can pick up but which explains
     well under 60% of labels on demonstration pairs. A prototype with length_bias 1.0 produced an RM that
-    learned length and little else (DESIGN.md section 5), hence the smaller default.
+    learned length and little else (docs/reward_model.md), hence the smaller default.
     """
 
     name = "task"

@@ -8,7 +8,7 @@ Response:           3-6 sentences, each one of the 9 templates below, e.g.
 
 Mood is lexically local on purpose: it is carried by the characters' feelings, 4 feeling words per mood
 (FEELINGS), one per feeling sentence, and the judge counts sentences. A prototype that spread mood over a
-sentiment lexicon left a small reward model at chance on mood (DESIGN.md section 5); here the RM only
+sentiment lexicon left a small reward model at chance on mood (docs/reward_model.md); here the RM only
 has to match the prompt's mood word against a handful of feeling words.
 
 Gold (all parts in [0, 1]; only sentences that parse count towards the content parts):

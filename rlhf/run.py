@@ -1,0 +1,186 @@
+"""A run's life cycle, shared by every script: run directory, seeding, metrics.jsonl, the CLI wrapper.
+
+    out, resuming = start_run(args)      # process group, config print, threads, run directory, seeds
+    ... build data, models, optimisers; resume(ckpt, ...) when resuming (rlhf/resume.py) ...
+    with MetricsWriter(out / "metrics.jsonl", resume_step=...) as metrics: loop, metrics.log(step, {...})
+    run_cli(main)                        # bad input -> one "error: ..." line and exit status 1
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlhf import distributed
+from rlhf.config import config_to_dict, print_config
+from rlhf.data import DataError, read_objects, write_json, write_jsonl
+
+
+class RunDirError(ValueError):
+    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+# ---- run directories, seeding ------------------------------------------------------------------
+
+def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create the run directory and write config.json into it (atomically).
+
+    A directory that already has contents is refused unless `resume` (keep them) or `overwrite`
+    (delete them first) is given, so a typo never appends to or wipes another run.
+    """
+    p = Path(path)
+    if resume and overwrite:
+        raise RunDirError("pass only one of --resume and --overwrite")
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"{path} exists and is not a directory")
+    existing = sorted(os.listdir(p)) if p.is_dir() else []
+    if existing and not (resume or overwrite):
+        shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
+        raise RunDirError(f"{path} already holds a run ({shown}); pass --resume to continue it "
+                          "or --overwrite to replace it")
+    if existing and overwrite:
+        here = Path.cwd().resolve()
+        if p.resolve() in (here, *here.parents, Path.home().resolve()):  # never wipe a working tree
+            raise RunDirError(f"refusing to delete the contents of {path} (the current directory, "
+                              "one above it, or home); choose a run directory of its own")
+        for name in existing:
+            child = p / name
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    p.mkdir(parents=True, exist_ok=True)
+    write_json(p / "config.json", config_to_dict(cfg))
+    return p
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python's, numpy's and torch's global RNGs; return a fresh torch.Generator seeded with `seed`.
+
+    torch.use_deterministic_algorithms is deliberately not set: it raises on some CUDA kernels and
+    needs CUBLAS_WORKSPACE_CONFIG. CPU runs are reproducible without it; GPU runs may differ in the
+    last bits from run to run.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # numpy only takes 32-bit seeds
+    torch.manual_seed(seed)  # seeds CUDA too
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+def _scalar(key: str, v):
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"metric {key!r}: a tensor of shape {tuple(v.shape)}; log a single number")
+        v = v.item()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None  # strict JSON has no NaN/inf: written as null
+    raise TypeError(f"metric {key!r}: expected a number, got {type(v).__name__}")
+
+
+class MetricsWriter:
+    """Append one JSON object per log() call to metrics.jsonl: {"step": ..., "ppo/loss/policy": ...}.
+
+    Non-finite values (NaN, inf) are written as JSON null: strict JSON cannot hold them, and a
+    string "nan" would break every reader that expects numbers.
+    resume_step: keep the existing rows with step <= resume_step (rewritten atomically) and append
+    after them; None starts a fresh file.
+    In a torchrun job only rank 0 writes: on the other ranks log() and close() do nothing.
+    """
+
+    def __init__(self, path, resume_step: int | None = None):
+        self.path = Path(path)
+        self._f = None
+        if not distributed.is_main():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            write_jsonl(self.path, [r for r in read_metrics(self.path) if r["step"] <= resume_step])
+        self._f = open(self.path, "w" if resume_step is None else "a", encoding="utf-8")
+
+    def log(self, step: int, metrics: dict) -> None:
+        """Write {"step": step, **metrics} as one line and flush it; tensors become numbers via .item()."""
+        if "step" in metrics:
+            raise ValueError("metrics may not use the key 'step'; it is the step argument")
+        row = {"step": int(step), **{k: _scalar(k, v) for k, v in metrics.items()}}
+        if self._f is None:  # not rank 0
+            return
+        self._f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path) -> list[dict]:
+    """All rows of a metrics.jsonl; a final partial line (a crash mid-write) is dropped with a warning."""
+    rows = read_objects(path, allow_partial_tail=True)
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
+            raise DataError(f"{path}: row {i + 1} has no integer 'step'")
+    return rows
+
+
+def run_cli(main) -> None:
+    """Run a script's main(): a bad input (the project's errors are all ValueErrors: DataError,
+    CheckpointError, RunDirError, a task's or a model's refusal) ends with one line "error: ..." and exit
+    status 1 instead of a traceback; Ctrl-C says where to resume. RLHF_DEBUG=1 shows the traceback."""
+    import sys
+    try:
+        main()
+    except ValueError as e:
+        if os.environ.get("RLHF_DEBUG"):
+            raise
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: finished checkpoints and files are intact; rerun with --resume to continue")
+    finally:
+        distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
+
+
+def start_script(args) -> None:
+    """The opening of a script that writes no run directory: print the config, set CPU threads
+    (args.threads > 0), seed everything (args.seed)."""
+    print_config(args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+
+
+def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
+    """The opening every training script shares: join a torchrun process group when there is one
+    (rlhf/distributed.py), print the config, set CPU threads (args.threads > 0), prepare the run directory
+    (args.out, args.resume, args.overwrite; rank 0 only), seed everything (args.seed, offset per rank).
+    Returns (run directory, True when --resume finds a checkpoint `ckpt_name` in it to continue from)."""
+    distributed.init(getattr(args, "device", None) or "cpu")
+    print_config(args)
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt = out / ckpt_name
+    resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
+    if distributed.is_main():
+        prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
+    distributed.barrier()  # the others wait until rank 0 has checked (or cleared) the run directory
+    seed_everything(distributed.rank_seed(args.seed))
+    return out, resuming
