@@ -21,7 +21,7 @@ def pair_accuracy(scores_a, scores_b, tie_tol: float = 0.0) -> float:
     The one pairwise-accuracy rule of the project: RM accuracy against labels or gold, the length rule, the
     RM's training accuracy. scores_a, scores_b (N,) -> float
     """
-    outcomes = win_outcomes(scores_a, scores_b, tie_tol)
+    outcomes = win_outcomes(scores_a, scores_b, tie_tol).double()  # exact: a mean of halves in float64
     return outcomes.mean().item() if outcomes.numel() else float("nan")
 
 
