@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import arg, parse_args
+from rlhf.device import resolve_device
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
 from rlhf.optim import make_optimizer
 from rlhf.ppo import gae, shaped_rewards, whiten
@@ -73,6 +74,7 @@ class Args:
     device: str = arg("cpu", "where to run", choices=["cpu", "cuda"])
     dtype: str = arg("fp32", "bf16: autocast on the forwards (log-probs, ratios and losses stay fp32)", choices=list(DTYPES))
     compile: bool = arg(False, "torch.compile the transformer blocks (rlhf.precision)")
+    grad_checkpoint: bool = arg(False, "activation checkpointing of the blocks in every training forward (memory against time)")
     repeats: int = arg(5, "timed rounds after one warm-up round", ge=1)
     stages: str = arg("all", f"comma-separated subset of: {','.join(STAGES)} (hf only with --compare-hf)")
     compare_hf: bool = arg(False, "also time HF transformers' GPT-2 generate on the same batch")
@@ -138,11 +140,13 @@ def build(a, s):
     stage once and returns its time (or a dict of sub-stage times for the PPO iteration)."""
     torch.manual_seed(a.seed)
     dev, now = a.device, timer(a.device)
+    resolve_device(dev)  # on CUDA: TF32 matmuls allowed, as in the training scripts
     cfg = GPTConfig(vocab_size=s["vocab_size"], block_size=s["block_size"], n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"])
     policy, ref, sft_model = GPT(cfg).to(dev), GPT(cfg).to(dev).eval(), GPT(cfg).to(dev)
     rm, value, rm_train = (ScalarModel(cfg).to(dev) for _ in range(3))
     for m in (policy, ref, sft_model, rm, value, rm_train):
         maybe_compile(m, a.compile)
+        (m.gpt if isinstance(m, ScalarModel) else m).grad_checkpoint = a.grad_checkpoint
     rm.eval()
     opt = {k: make_optimizer(m.named_parameters(), 1e-5) for k, m in
            (("policy", policy), ("value", value), ("sft", sft_model), ("rm", rm_train))}
@@ -212,7 +216,7 @@ def build(a, s):
         advantages = whiten(advantages, rmask)
         t["advantages"] = now()
         ppo_update(policy, value, [opt["policy"], opt["value"]], Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns),
-                   PPOHParams(ppo_epochs=1, minibatches=1, dtype=a.dtype), torch.Generator().manual_seed(a.seed))
+                   PPOHParams(ppo_epochs=1, minibatches=1, dtype=a.dtype), torch.Generator(device=dev).manual_seed(a.seed))
         t["update"] = now()
         keys = list(t)
         out = {k: t[k] - t[p] for p, k in zip(keys, keys[1:])}

@@ -24,15 +24,17 @@ from pathlib import Path
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model
-from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.config import DeviceArgs, arg, config_to_dict, parse_args
 from rlhf.run import run_cli, start_script
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
+from rlhf.device import peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+from rlhf.precision import autocast
 from rlhf.sampling import check_prompts_fit
 
 
 @dataclass
-class Args:
+class Args(DeviceArgs):
     policy: str = arg("runs/ppo/ckpt", "policy checkpoint to evaluate")
     reference: str | None = arg("runs/sft/ckpt", "reference policy (win rate and KL are against it; none: skip both)")
     rm: str | None = arg(None, "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n")
@@ -46,7 +48,6 @@ class Args:
     batch_size: int = arg(64, "prompts per generate / scoring call", ge=1)
     out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
     name: str | None = arg(None, "row label in the table (default: the policy path)")
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
 
 
 def fmt(m: dict, key: str, digits: int = 3) -> str:
@@ -57,7 +58,7 @@ def fmt(m: dict, key: str, digits: int = 3) -> str:
 def main(argv=None):
     # 1. arguments, seeding
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
-    start_script(args)
+    dev = start_script(args)
     name = args.name or args.policy
 
     # 2. models: the policy, its reference and the RM must share one tokenizer
@@ -69,6 +70,9 @@ def main(argv=None):
     if args.rm is not None:
         rm, toks["rm"], _ = load_model(args.rm, "rm")
     check_same_tokenizer(toks)
+    for m in (policy, ref, rm):
+        if m is not None:
+            m.to(dev)
     if args.best_of_n > 1 and rm is None:
         raise ValueError(f"--best-of-n {args.best_of_n} keeps the sample the reward model prefers: pass --rm")
 
@@ -91,9 +95,11 @@ def main(argv=None):
     print(f"{len(prompts)} prompts from {prompts_path}, up to {max_new} new tokens, temperature {args.temperature}")
 
     # 4. evaluate: sample, score, compare with the reference
-    metrics, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=max_new,
-                                       temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
-                                       best_of_n=args.best_of_n)
+    with autocast(args.dtype, dev):
+        metrics, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=max_new,
+                                           temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
+                                           best_of_n=args.best_of_n)
+    metrics.update(peak_memory(dev))
 
     # 5. write the samples, then the metrics (each atomically; a metrics file on disk means a finished evaluation)
     out = Path(args.out)

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from rlhf.config import arg, parse_args
 from rlhf.data import read_json, write_json
+from rlhf.device import device_error
 from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagnostics, summarise, table, winrates,
                          write_csv, write_text)
 from rlhf.run import run_cli
@@ -54,6 +55,9 @@ SETTINGS = {
                   sft=["--steps", "120", "--n-eval", "0"], rm=["--n-policy-pairs", "0"], ppo=["--batch-size", "16"],
                   ppo_steps=6, eval_every=3, n_eval=32, k_baselines=2, n_rlp=4),
     "tiny": dict(data=[], sft=[], rm=[], ppo=[], ppo_steps=40, eval_every=10, n_eval=400, k_baselines=4, n_rlp=10),
+    # one GPU (train_*.py's small presets; unmeasured): 2,000 held-out prompts
+    "small": dict(data=["--n-eval", "2000"], sft=[], rm=[], ppo=[], ppo_steps=400, eval_every=25, n_eval=2000, k_baselines=4,
+                  n_rlp=10),
 }
 
 
@@ -72,6 +76,8 @@ class Args:
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
     threads: int = arg(0, "torch CPU threads for every stage (0: torch's default)", ge=0)
+    device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
+                      check=device_error)
 
 
 def _die_with_parent():
@@ -87,8 +93,8 @@ def _die_with_parent():
 class Stages:
     """Runs the repo's scripts as cached, resumable stages behind one progress bar."""
 
-    def __init__(self, out: Path, total: int, threads: int):
-        self.out, self.threads = out, threads
+    def __init__(self, out: Path, total: int, threads: int, device: str = "auto"):
+        self.out, self.threads, self.device = out, threads, device
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc="reproduce", unit="stage")
@@ -101,6 +107,8 @@ class Stages:
         argv = [str(a) for a in argv]
         if self.threads and kind != "data":
             argv += ["--threads", str(self.threads)]
+        if self.device != "auto" and kind != "data":  # left out for auto, so cached commands stay the same
+            argv += ["--device", self.device]
         # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
         inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
         cmd = {"script": script, "argv": argv, "inputs": inputs}
@@ -263,7 +271,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods})
-    st = Stages(out, count_stages(args, methods, levels), args.threads)
+    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device)
     t0 = time.time()
     records = run_all(st, args, methods, levels)
     st.bar.close()

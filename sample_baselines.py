@@ -22,16 +22,17 @@ import torch
 from tqdm import tqdm
 
 from rlhf.checkpoint import load_model
-from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.config import DeviceArgs, arg, config_to_dict, parse_args
 from rlhf.run import run_cli, start_script
 from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
 from rlhf.evaluation import check_same_tokenizer
+from rlhf.precision import autocast
 from rlhf.reward import score_texts
 from rlhf.sampling import check_prompts_fit, sample
 
 
 @dataclass
-class Args:
+class Args(DeviceArgs):
     policy: str = arg("runs/sft/ckpt", "policy checkpoint to sample from")
     rm: str = arg("runs/rm/ckpt", "reward model checkpoint that scores the samples")
     prompts: str = arg("data/story/prompts_rl.jsonl", "prompts JSONL")
@@ -41,7 +42,6 @@ class Args:
     max_new_tokens: int = arg(96, "longest response", ge=1)
     batch_size: int = arg(16, "prompts per chunk (k x that many sequences per generate call)", ge=1)
     seed: int = arg(0, "sampling seed")
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
 
 
 # settings that must match for a partial output to be continued
@@ -50,14 +50,15 @@ _SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch
 
 def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
-    start_script(args)
+    dev = start_script(args)
     out, meta_path = Path(args.out), Path(f"{args.out}.meta.json")
 
     # 1. models: the RM must read the policy's tokens
     policy, tok, _ = load_model(args.policy, "policy")
     rm, rm_tok, _ = load_model(args.rm, "rm")
     check_same_tokenizer({"policy": tok, "rm": rm_tok})
-    policy.eval(), rm.eval()
+    policy.to(dev).eval()
+    rm.to(dev).eval()
 
     # 2. prompts, and what a partial output already holds
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, "prompts")]
@@ -82,10 +83,11 @@ def main(argv=None):
         chunk = [p for p in prompts[c * args.batch_size:(c + 1) * args.batch_size] if p not in done]
         if not chunk:
             continue
-        g = torch.Generator().manual_seed(args.seed * 1000003 + c)
+        g = torch.Generator(dev).manual_seed(args.seed * 1000003 + c)
         rep = [p for p in chunk for _ in range(args.k)]  # (len(chunk) * k,) prompt i's samples are rows i*k .. i*k+k-1
-        roll = sample(policy, tok, rep, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=len(rep))
-        rewards = score_texts(rm, tok, rep, roll.texts).view(len(chunk), args.k)
+        with autocast(args.dtype, dev):
+            roll = sample(policy, tok, rep, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=len(rep))
+            rewards = score_texts(rm, tok, rep, roll.texts).view(len(chunk), args.k)
         append_jsonl(out, [{"prompt": p, "responses": roll.texts[i * args.k:(i + 1) * args.k], "rewards": rewards[i].tolist()}
                            for i, p in enumerate(chunk)])
     print(f"wrote {out}: {len(prompts)} prompts x {args.k} responses")

@@ -24,7 +24,6 @@ evaluation, prints and writes checkpoints and metrics.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +32,9 @@ from tqdm import tqdm
 
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_model
-from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
 from rlhf.data import read_json, read_jsonl
+from rlhf.device import clock, oom_guard, peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
@@ -48,7 +48,7 @@ from rlhf.sampling import check_prompts_fit, response_logprobs, response_values,
 
 
 @dataclass
-class Args:
+class Args(TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)")
     sft: str = arg("runs/sft/ckpt", "SFT checkpoint: the initial policy and the frozen reference")
     rm: str | None = arg("runs/rm/ckpt", "reward model checkpoint (unused with --reward gold)")
@@ -88,9 +88,6 @@ class Args:
     n_eval: int = arg(100, "held-out prompts per evaluation", ge=1)
     sample_every: int = arg(10, "print one rollout every N iterations", ge=1)
     ckpt_every: int = arg(20, "save a resumable checkpoint every N iterations", ge=1)
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
-    dtype: str = arg("fp32", "forward passes in fp32, or under bf16 autocast (log-probs, ratios, losses stay fp32)", choices=["fp32", "bf16"])
-    compile: bool = arg(False, "torch.compile the transformer blocks (slow first iteration; see README performance)")
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
 
@@ -98,6 +95,15 @@ class Args:
 PRESETS = {"smoke": dict(steps=40, batch_size=32, minibatches=2, ppo_epochs=2, lr=3e-4, vf_lr=3e-4, max_new_tokens=16,
                          eval_every=20, n_eval=32, ckpt_every=20, sample_every=20),
            "tiny": dict(),
+           # one GPU, the story task's small policy (unmeasured): 4x the rollouts, 4x the iterations of tiny
+           "small": dict(steps=400, batch_size=256, minibatches=4, lr=1e-5, vf_lr=5e-5, eval_every=25, n_eval=400, ckpt_every=50,
+                         sample_every=25),
+           # a GPT-2-format policy on your own prompts: Ziegler et al. 2019 (arXiv 1909.08593; openai/lm-human-preferences
+           # launch.py, GPT-2 124M, the sentiment task): lr 1e-5, 512 rollouts an iteration, 4 PPO epochs, KL coefficient
+           # 0.15 adapted towards 6 nats (horizon 10,000), sampling temperature 0.7, 24-token responses; minibatches 8
+           # here (theirs: 1) so that one GPU holds a minibatch's activations
+           "gpt2": dict(lr=1e-5, vf_lr=1e-5, batch_size=512, minibatches=8, ppo_epochs=4, kl_coef=0.15, kl_target=6.0,
+                        kl_horizon=10000, temperature=0.7, max_new_tokens=24, eval_every=10, ckpt_every=10),
            "alpacafarm": dict(kl_coef=0.0067, clamp_kl=True, whiten_rewards=True, whiten_advantages=True, cliprange=0.2,
                               cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0, missing_eos_penalty=-10.0)}
 
@@ -108,7 +114,7 @@ def main(argv=None):
     if args.batch_size % args.minibatches:
         raise ValueError(f"--minibatches {args.minibatches} must divide --batch-size {args.batch_size}")
     value_init = resolve_value_init(args)
-    out, resuming = start_run(args)
+    out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
 
     # data: RL prompts, eval prompts, the gold judge when the data came from a built-in task
@@ -117,7 +123,11 @@ def main(argv=None):
 
     # models: policy and frozen reference from SFT, frozen RM, the value function and the optimisers
     policy, ref, rm, tok = load_models(args, value_init, data, rl_prompts, eval_prompts)
-    value, optimizers = value_function(args, value_init, policy, rm)
+    for m in (policy, ref, rm):
+        if m is not None:
+            m.to(dev)
+    policy.grad_checkpoint = args.grad_checkpoint
+    value, optimizers = value_function(args, value_init, policy, rm, dev)
     for m in (policy, ref, rm, value):  # --compile: the blocks of every model, in place (rlhf.precision)
         if m is not None:
             maybe_compile(m, args.compile)
@@ -134,12 +144,13 @@ def main(argv=None):
                     minibatches=args.minibatches, temperature=args.temperature, grad_clip=args.grad_clip, dtype=args.dtype)
 
     def score(prompts, texts, stopped):
-        if args.reward == "gold":
+        if args.reward == "gold":  # the judge and the tokeniser run on the CPU; the scores then join the rollouts
             s = torch.tensor([task.gold(p, t) for p, t in zip(prompts, texts)])
         else:
             s = score_texts(rm, tok, prompts, texts)
         if args.reward == "contrastive":  # before any penalty, clipping or whitening (Shen et al. 2024)
             s = contrastive_reward(s, torch.stack([baselines[p] for p in prompts]), args.baseline_agg)
+        s = s.to(dev)
         if args.missing_eos_penalty is not None:
             s = torch.where(stopped, s, torch.full_like(s, args.missing_eos_penalty))
         if args.reward_clip is not None:
@@ -158,82 +169,88 @@ def main(argv=None):
         m, ref_texts = evaluate(None)
         metrics.log(0, m)
         print("before PPO: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
-    B, device = args.batch_size, policy.wte.weight.device
+    B = args.batch_size
     pbar = tqdm(range(start, args.steps), desc="ppo", initial=start, total=args.steps, disable=not distributed.is_main())
-    for step in pbar:
-        t = {"start": time.time()}
-        # prompts, sampling and minibatches of this iteration (each rank its own stream; rank 0's is the single-process one)
-        g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
-        for o in optimizers.values():
-            set_lr(o, lr_factor(step, args.steps, 0, args.lr_schedule))
+    now, step = clock(dev), start
+    with oom_guard(lambda: f"PPO iteration {step + 1}", f"--batch-size {B} or raise --minibatches {args.minibatches}", ckpt):
+        for step in pbar:
+            t = {"start": now()}
+            # prompts, sampling and minibatches of this iteration (each rank its own stream; rank 0's is the single-process one)
+            g = torch.Generator(dev).manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
+            for o in optimizers.values():
+                set_lr(o, lr_factor(step, args.steps, 0, args.lr_schedule))
 
-        # 1. sample responses
-        policy.eval()
-        prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (B,), generator=g).tolist()]
-        with autocast(args.dtype, device):
-            roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
-        q, qm, r, rmask = roll.query_ids, roll.query_mask, roll.response_ids, roll.response_mask
-        t["rollout"] = time.time()
+            # 1. sample responses
+            policy.eval()
+            prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (B,), generator=g, device=dev).tolist()]
+            with autocast(args.dtype, dev):
+                roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
+            q, qm, r, rmask = roll.query_ids, roll.query_mask, roll.response_ids, roll.response_mask
+            t["rollout"] = now()
 
-        # 2. score
-        with autocast(args.dtype, device):
-            scores = score(prompts, roll.texts, roll.stopped)  # (B,)
-        t["score"] = time.time()
+            # 2. score
+            with autocast(args.dtype, dev):
+                scores = score(prompts, roll.texts, roll.stopped)  # (B,)
+            t["score"] = now()
 
-        # 3. log-probs of the sampled tokens under policy and reference; values
-        with torch.no_grad(), autocast(args.dtype, device):
-            if isinstance(value, ScalarModel):
-                old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
-                old_values = response_values(value, q, qm, r, rmask)  # (B, Tr)
-            else:  # a head on the policy trunk: one forward of the policy gives both
-                old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value)
-            ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature)
-        t["forward"] = time.time()
+            # 3. log-probs of the sampled tokens under policy and reference; values
+            with torch.no_grad(), autocast(args.dtype, dev):
+                if isinstance(value, ScalarModel):
+                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+                    old_values = response_values(value, q, qm, r, rmask)  # (B, Tr)
+                else:  # a head on the policy trunk: one forward of the policy gives both
+                    old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value)
+                ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature)
+            t["forward"] = now()
 
-        # 4. KL-shaped rewards and GAE (whitening statistics over every rank's rollouts under torchrun)
-        rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
-        if args.whiten_rewards:
-            rewards = whiten(rewards, rmask, shift_mean=False, reduce=distributed.all_reduce_sum)
-        advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
-        adv_var = masked_var(advantages, rmask).item()
-        if args.whiten_advantages:
-            advantages = whiten(advantages, rmask, reduce=distributed.all_reduce_sum)
-        for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
-                        ("scores", scores), ("rewards", rewards), ("advantages", advantages)):
-            if not torch.isfinite(x).all():
-                raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; {last_good(ckpt)}")
+            # 4. KL-shaped rewards and GAE (whitening statistics over every rank's rollouts under torchrun)
+            rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
+            if args.whiten_rewards:
+                rewards = whiten(rewards, rmask, shift_mean=False, reduce=distributed.all_reduce_sum)
+            advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
+            adv_var = masked_var(advantages, rmask).item()
+            if args.whiten_advantages:
+                advantages = whiten(advantages, rmask, reduce=distributed.all_reduce_sum)
+            for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
+                            ("scores", scores), ("rewards", rewards), ("advantages", advantages)):
+                if not torch.isfinite(x).all():
+                    raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; {last_good(ckpt)}")
 
-        # 5. PPO epochs over minibatches (rlhf.ppo_update: the clipped losses of rlhf.ppo)
-        batch = Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns)
-        try:
-            stats = ppo_update(policy, value, list(optimizers.values()), batch, hp, g)
-        except FloatingPointError:
-            raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; {last_good(ckpt)}")
-        t["update"] = time.time()
+            # 5. PPO epochs over minibatches (rlhf.ppo_update: the clipped losses of rlhf.ppo)
+            batch = Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns)
+            try:
+                stats = ppo_update(policy, value, list(optimizers.values()), batch, hp, g)
+            except FloatingPointError:
+                raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; {last_good(ckpt)}")
+            t["update"] = now()
 
-        # 6. log
-        seq_kl = sequence_kl(old_logprobs, ref_logprobs, rmask)  # (B,)
-        kl = distributed.all_reduce_mean(seq_kl.mean()).item()  # over all ranks' rollouts
-        kl_ctl.update(kl, B * distributed.world_size())
-        explained = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
-        log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value, **stats,
-               "ppo/val/var_explained": explained, "ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
-               "ppo/stopped": roll.stopped.float().mean().item()}
-        stages = ["start", "rollout", "score", "forward", "update"]
-        log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
-        log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
-        if ((step + 1) % args.eval_every == 0 or step + 1 == args.steps) and distributed.is_main():
-            m, ref_texts = evaluate(ref_texts)
-            log.update(m)
-            tqdm.write(f"iter {step + 1:4d} | score {log['objective/score']:.3f} | kl {kl:.2f} | " +
-                       " | ".join(f"{k} {m[k]:.3f}" for k in ("gold/score", "proxy/score", "objective/kl") if k in m))
-        metrics.log(step + 1, log)
-        pbar.set_postfix(score=f"{log['objective/score']:.3f}", kl=f"{kl:.2f}")
-        if (step + 1) % args.sample_every == 0:
-            tqdm.write(f"  prompt: {prompts[0]}\n  response: {roll.texts[0]}\n  score {scores[0].item():.3f}, KL {seq_kl[0].item():.2f}")
-        if ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps) and distributed.is_main():
-            save_step(ckpt, step + 1, modules, optimizers, ckpt_config, tok.to_json(), extra={"kl_coef": kl_ctl.value})
+            # 6. log
+            seq_kl = sequence_kl(old_logprobs, ref_logprobs, rmask)  # (B,)
+            kl = distributed.all_reduce_mean(seq_kl.mean()).item()  # over all ranks' rollouts
+            kl_ctl.update(kl, B * distributed.world_size())
+            explained = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
+            log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value, **stats,
+                   "ppo/val/var_explained": explained, "ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
+                   "ppo/stopped": roll.stopped.float().mean().item()}
+            stages = ["start", "rollout", "score", "forward", "update"]
+            log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
+            log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
+            if ((step + 1) % args.eval_every == 0 or step + 1 == args.steps) and distributed.is_main():
+                m, ref_texts = evaluate(ref_texts)
+                log.update(m)
+                tqdm.write(f"iter {step + 1:4d} | score {log['objective/score']:.3f} | kl {kl:.2f} | " +
+                           " | ".join(f"{k} {m[k]:.3f}" for k in ("gold/score", "proxy/score", "objective/kl") if k in m))
+            if step + 1 == args.steps:
+                log.update(peak_memory(dev))  # {} on the CPU
+            metrics.log(step + 1, log)
+            pbar.set_postfix(score=f"{log['objective/score']:.3f}", kl=f"{kl:.2f}")
+            if (step + 1) % args.sample_every == 0:
+                tqdm.write(f"  prompt: {prompts[0]}\n  response: {roll.texts[0]}\n  score {scores[0].item():.3f}, KL {seq_kl[0].item():.2f}")
+            if ((step + 1) % args.ckpt_every == 0 or step + 1 == args.steps) and distributed.is_main():
+                save_step(ckpt, step + 1, modules, optimizers, ckpt_config, tok.to_json(), extra={"kl_coef": kl_ctl.value})
     metrics.close()
+    if dev.type == "cuda":
+        print(f"peak GPU memory {peak_memory(dev)['memory/peak_gpu_mib']:,.0f} MiB")
 
 
 def load_data(args, data: Path):
@@ -280,7 +297,7 @@ def resolve_value_init(args) -> str:
     return args.value_init
 
 
-def value_function(args, value_init: str, policy, rm):
+def value_function(args, value_init: str, policy, rm, dev):
     """The value function and the optimisers -> (value, {"policy": opt[, "value": vopt]}).
 
     shared: a fresh zero-initialised linear head on the policy's hidden states, trained by the policy's
@@ -290,6 +307,7 @@ def value_function(args, value_init: str, policy, rm):
     if args.value_head == "shared":
         value = torch.nn.Linear(policy.config.n_embd, 1)
         torch.nn.init.zeros_(value.weight), torch.nn.init.zeros_(value.bias)
+        value.to(dev)
         return value, {"policy": make_optimizer([{"named": policy.named_parameters(), "lr": args.lr},
                                                  {"named": value.named_parameters(), "lr": args.vf_lr}], args.lr)}
     if value_init == "rm":
@@ -297,6 +315,8 @@ def value_function(args, value_init: str, policy, rm):
     else:
         value = ScalarModel(policy.config)
         value.gpt.load_state_dict(policy.state_dict())
+    value.to(dev)
+    value.gpt.grad_checkpoint = args.grad_checkpoint
     return value, {"policy": make_optimizer(policy.named_parameters(), args.lr), "value": make_optimizer(value.named_parameters(), args.vf_lr)}
 
 

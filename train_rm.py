@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_model
-from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
 from rlhf.data import read_json, read_jsonl, write_json
+from rlhf.device import oom_guard, peak_memory
 from rlhf.evaluation import rm_report
 from rlhf.gpt2 import load_gpt2
 from rlhf.metrics import pair_accuracy
@@ -45,7 +46,7 @@ from rlhf.tokenizer import too_long
 
 
 @dataclass
-class Args:
+class Args(TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)")
     pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl")
     sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from")
@@ -54,7 +55,8 @@ class Args:
     preset: str = arg("tiny", "size preset; explicit flags override it")
     seed: int = arg(0, "fixes the split, data order and head initialisation")
     epochs: float = arg(1.0, "passes over the training pairs", gt=0.0)
-    batch_size: int = arg(32, "pairs per step (2x sequences in the forward; per rank under torchrun)", ge=1)
+    batch_size: int = arg(32, "pairs per forward (2x sequences; per rank under torchrun); a step sees grad_accum of them", ge=1)
+    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1)
     lr: float = arg(3e-4, "trunk learning rate", gt=0.0)
     head_lr: float = arg(3e-3, "scalar head learning rate", gt=0.0)
     lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
@@ -75,27 +77,32 @@ class Args:
     previous_rm: str | None = arg(None, "RLP ablation: continue training from this RM instead of retraining from the SFT trunk (the paper)")
     normalize: bool = arg(False, "store shift/scale so held-out rewards have mean 0, std 1")
     ckpt_every: int = arg(200, "save a resumable checkpoint every N steps", ge=1)
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
-    dtype: str = arg("fp32", "forward passes in fp32, or under bf16 autocast (losses stay fp32)", choices=["fp32", "bf16"])
-    compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see README performance)")
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
 
 
 PRESETS = {"smoke": dict(batch_size=16, warmup_steps=5, eval_every=50, ckpt_every=50, max_val_pairs=200, lr=1e-3, head_lr=1e-2),
-           "tiny": dict()}
+           "tiny": dict(),
+           # one GPU, the story task's small SFT policy (unmeasured): the tiny recipe at a 3x lower trunk lr, batch 64
+           "small": dict(batch_size=64, lr=1e-4, head_lr=1e-3, eval_every=50, ckpt_every=100),
+           # a GPT-2-format trunk on your own pairs: Ziegler et al. 2019 (arXiv 1909.08593; openai/lm-human-preferences
+           # launch.py, GPT-2 124M reward models): batch 32, lr 5e-5, one epoch; the head at the trunk's lr
+           "gpt2": dict(batch_size=32, lr=5e-5, head_lr=5e-5, warmup_steps=0, eval_every=100, ckpt_every=200)}
 
 
 def main(argv=None):
     # 1. arguments, run directory, seeding
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
-    out, resuming = start_run(args)
+    out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
     rlp = args.uml_weight > 0 or args.spg_gamma is not None or args.spg_random_pair
     if rlp and args.policy_samples is None:
         raise ValueError("--uml-weight, --spg-gamma and --spg-random-pair need --policy-samples FILE (sample_baselines.py)")
     if args.uml_weight > 0 and (args.spg_gamma is not None or args.spg_random_pair):
         raise ValueError("choose RLP-UML (--uml-weight) or RLP-SPG (--spg-gamma / --spg-random-pair), not both: the paper ran them separately")
+    if args.uml_weight > 0 and args.grad_accum > 1:  # the MIB loss draws its negatives within the batch: not additive
+        raise ValueError("--grad-accum > 1 cannot be used with --uml-weight (RLP-UML's MIB loss contrasts within one batch); "
+                         "use --grad-checkpoint to save memory instead")
 
     # 2. data: pairs (identical chosen/rejected skipped, counted), a seeded held-out split; RLP's policy samples
     data = Path(args.data)
@@ -115,14 +122,18 @@ def main(argv=None):
         train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
         print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
     N = len(train)
-    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * distributed.world_size())))
+    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * args.grad_accum * distributed.world_size())))
     print(f"{N} training pairs, {len(val)} held out, {steps} steps")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
+    rm.gpt.grad_checkpoint = args.grad_checkpoint
     if args.previous_rm:  # RLP ablation: continue from the first RM instead of retraining from SFT (the paper)
         load_model(args.previous_rm, "rm", into=rm)
     aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
-    policy.eval()  # kept: its samples make the second set of diagnostic pairs
+    rm.to(dev)
+    policy.to(dev).eval()  # kept: its samples make the second set of diagnostic pairs
+    if aux is not None:
+        aux.to(dev)
     maybe_compile(rm, args.compile)  # --compile: its blocks, in place
     opt = make_optimizer([{"named": rm.gpt.named_parameters(), "lr": args.lr},
                           {"named": rm.head.named_parameters(), "lr": args.head_lr}]
@@ -154,33 +165,40 @@ def main(argv=None):
     t0 = time.time()
     pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())
     for step in pbar:
-        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size)]
-        g = torch.Generator().manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
-        views = uml_views(uml, args.batch_size, g) if aux is not None else ([], [], [])
-        ids, mask = pair_batch(tok, [r["prompt"] for r in batch] + views[0], [r["chosen"] for r in batch] + views[1],
-                               [r["rejected"] for r in batch] + views[2])
-        rows_of = uml_layout(len(batch), len(views[0]))
-        margin = torch.tensor([float(r.get("margin", 0.0)) for r in batch]) if any("margin" in r for r in batch) else None
+        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
+        g = torch.Generator(dev).manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
         set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
-        with autocast(args.dtype, ids.device):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
-            r, h = rm.score(ids, mask, return_hidden=True)  # (2(B+U),), (2(B+U), D)
-        h = h.float()  # the RLP-UML heads and losses in fp32
-        chosen, rejected = r[rows_of["chosen"]], r[rows_of["rejected"]]
-        bt = bradley_terry_loss(chosen, rejected, margin)
-        loss, mib_stats = bt, {}
-        if aux is not None:  # RLP-UML: L = L_BT + lambda * L_M
-            l_m, mib_stats = mib_loss(h[rows_of["view1"]], h[rows_of["view2"]], aux["heads"], aux["critic"], args.uml_kl_weight, g)
-            loss = bt + args.uml_weight * l_m
-        loss_all = distributed.all_reduce_mean(loss.detach())  # over all ranks' pairs (equal counts: the global mean)
-        if not torch.isfinite(loss_all):
-            raise SystemExit(f"error: RM loss is {loss_all.item()} at step {step + 1}; {last_good(ckpt)}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        bt, loss, chosen, rejected, mib_stats = 0.0, 0.0, [], [], {}
+        with oom_guard(f"RM step {step + 1}", f"--batch-size {args.batch_size} (raise --grad-accum to keep the step's batch)", ckpt):
+            for j in range(0, len(batch), args.batch_size):  # grad_accum micro-batches of B pairs
+                mb = batch[j:j + args.batch_size]
+                views = uml_views(uml, args.batch_size, g) if aux is not None else ([], [], [])  # RLP-UML: + U view pairs
+                ids, mask = pair_batch(tok, [r["prompt"] for r in mb] + views[0], [r["chosen"] for r in mb] + views[1],
+                                       [r["rejected"] for r in mb] + views[2])
+                rows_of = uml_layout(len(mb), len(views[0]))
+                margin = torch.tensor([float(r.get("margin", 0.0)) for r in mb], device=dev) if any("margin" in r for r in mb) else None
+                with autocast(args.dtype, dev):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
+                    r, h = rm.score(ids.to(dev), mask.to(dev), return_hidden=True)  # (2(B+U),), (2(B+U), D)
+                h = h.float()  # the RLP-UML heads and losses in fp32
+                share = len(mb) / len(batch) if args.grad_accum > 1 else 1.0  # accumulated: this micro-batch's share
+                bt_mb = bradley_terry_loss(r[rows_of["chosen"]], r[rows_of["rejected"]], margin) * share
+                loss_mb = bt_mb
+                if aux is not None:  # RLP-UML: L = L_BT + lambda * L_M
+                    l_m, mib_stats = mib_loss(h[rows_of["view1"]], h[rows_of["view2"]], aux["heads"], aux["critic"], args.uml_kl_weight, g)
+                    loss_mb = bt_mb + args.uml_weight * l_m
+                loss_mb.backward()
+                bt, loss = bt + bt_mb.detach(), loss + loss_mb.detach()
+                chosen.append(r[rows_of["chosen"]].detach())
+                rejected.append(r[rows_of["rejected"]].detach())
+        loss_all = distributed.all_reduce_mean(loss)  # over all ranks' pairs (equal counts: the global mean)
+        if not torch.isfinite(loss_all):  # before the optimiser step: the weights never see it
+            raise SystemExit(f"error: RM loss is {loss_all.item()} at step {step + 1}; {last_good(ckpt)}")
         distributed.all_reduce_grads([p for m in modules.values() for p in m.parameters()])
         torch.nn.utils.clip_grad_norm_(rm.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         opt.step()
-        log = {"rm/loss": bt.item(), "rm/train_accuracy": pair_accuracy(chosen.detach(), rejected.detach()), "rm/lr": opt.param_groups[0]["lr"],
-               "rm/pairs_per_s": (step + 1 - start) * args.batch_size * distributed.world_size() / max(time.time() - t0, 1e-9),
+        log = {"rm/loss": bt.item(), "rm/train_accuracy": pair_accuracy(torch.cat(chosen), torch.cat(rejected)), "rm/lr": opt.param_groups[0]["lr"],
+               "rm/pairs_per_s": (step + 1 - start) * len(batch) * distributed.world_size() / max(time.time() - t0, 1e-9),
                **{f"rlp/mib_{k}": v.item() for k, v in mib_stats.items()}}
         log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
         if (step + 1) % args.eval_every == 0 and step + 1 < steps and distributed.is_main():
@@ -206,7 +224,7 @@ def main(argv=None):
     sft_prompts = ([r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
                    if task is not None and args.n_policy_pairs and eval_prompts.exists() else [])
     diag = evaluate() | rm_report(rm, tok, task, policy, sft_prompts, held_samples, seed=args.seed) | rlp_stats
-    diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N})
+    diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N, **peak_memory(dev)})
     ckpt_config["diagnostics"] = diag  # travels with the RM: train_ppo.py warns when it is near chance
     save(steps)
     metrics.log(steps, diag)
@@ -265,9 +283,9 @@ def uml_views(uml: list[dict], U: int, g: torch.Generator) -> tuple[list[str], l
     """RLP-UML: U prompts drawn with replacement, each with two different samples of the policy (the two views)
     -> (prompts, view 1, view 2)."""
     prompts, v1, v2 = [], [], []
-    for i in torch.randint(len(uml), (U,), generator=g).tolist():
+    for i in torch.randint(len(uml), (U,), generator=g, device=g.device).tolist():
         ys = list(dict.fromkeys(uml[i]["responses"]))
-        a, b = torch.randperm(len(ys), generator=g)[:2].tolist()
+        a, b = torch.randperm(len(ys), generator=g, device=g.device)[:2].tolist()
         prompts.append(uml[i]["prompt"])
         v1.append(ys[a])
         v2.append(ys[b])

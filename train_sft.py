@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_tokenizer
-from rlhf.config import arg, config_to_dict, parse_args
+from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
 from rlhf.run import MetricsWriter, run_cli, start_run
 from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
+from rlhf.device import oom_guard, peak_memory
 from rlhf.gpt2 import load_gpt2
 from rlhf.model import GPT, GPTConfig
 from rlhf.optim import lr_factor, make_optimizer, set_lr
@@ -38,7 +39,7 @@ from rlhf.tokenizer import Tokenizer, too_long
 
 
 @dataclass
-class Args:
+class Args(TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)")
     out: str = arg("runs/sft", "run directory")
     preset: str = arg("tiny", "size preset; explicit flags override it")
@@ -51,7 +52,8 @@ class Args:
     block_size: int = arg(128, "context length (prompt + response tokens)", ge=8)
     dropout: float = arg(0.0, "dropout probability", ge=0.0, le=0.99)
     steps: int = arg(340, "optimiser steps", ge=1)
-    batch_size: int = arg(64, "sequences per step (per rank under torchrun)", ge=1)
+    batch_size: int = arg(64, "sequences per forward (per rank under torchrun); a step sees grad_accum of them", ge=1)
+    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1)
     lr: float = arg(1e-3, "peak learning rate", gt=0.0)
     lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
     warmup_steps: int = arg(20, "linear warm-up steps", ge=0)
@@ -62,9 +64,6 @@ class Args:
     n_eval: int = arg(200, "eval prompts sampled at the end (0: skip)", ge=0)
     max_new_tokens: int = arg(96, "longest sampled response", ge=1)
     temperature: float = arg(0.7, "sampling temperature for the final evaluation", ge=0.0)
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
-    dtype: str = arg("fp32", "forward passes in fp32, or under bf16 autocast (losses stay fp32)", choices=["fp32", "bf16"])
-    compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see README performance)")
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
 
@@ -73,13 +72,21 @@ PRESETS = {
     "smoke": dict(vocab_size=512, n_layer=2, n_head=2, n_embd=64, steps=300, batch_size=32, lr=3e-3,
                   warmup_steps=10, ckpt_every=100, log_every=50, n_eval=32, max_new_tokens=64),
     "tiny": dict(),  # the dataclass defaults: 4 layers, 256 wide, ~340 steps of 64 sequences
+    # one GPU, the built-in story task: 8 layers, 512 wide (25M parameters), 1,500 steps of 128 sequences (unmeasured)
+    "small": dict(n_layer=8, n_head=8, n_embd=512, steps=1500, batch_size=128, lr=6e-4, warmup_steps=100, ckpt_every=500,
+                  log_every=50, n_eval=400),
+    # --init-from a GPT-2-format model on your own data: Huang et al. 2024 (arXiv 2403.17031, the TL;DR SFT of
+    # vwxyzjn/summarize_from_feedback_details sft.py): lr 3e-6, cosine, no warm-up, 16 sequences per step (here 8 x 2
+    # accumulated), one epoch (set --steps to N / 16); context 512 (their 512-token queries + responses, truncated)
+    "gpt2": dict(block_size=512, batch_size=8, grad_accum=2, lr=3e-6, warmup_steps=0, lr_schedule="cosine", weight_decay=0.0,
+                 ckpt_every=500, log_every=50),
 }
 
 
 def main(argv=None):
     # 1. arguments, run directory, seeding
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
-    out, resuming = start_run(args)
+    out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
 
     # 2. data and tokenizer (trained on the demonstrations; a resumed run reuses the saved one)
@@ -117,7 +124,7 @@ def main(argv=None):
     def batch_indices(step: int) -> list[int]:
         """Deterministic in (seed, step), so a resumed run sees the same batches: epoch e is a
         permutation seeded by (seed, e), read in order."""
-        return [epoch_order(pos // N)[pos % N] for pos in distributed.batch_positions(step, args.batch_size)]
+        return [epoch_order(pos // N)[pos % N] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
 
     # 3. model and optimiser
     if pretrained is not None:
@@ -126,7 +133,9 @@ def main(argv=None):
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                          n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
         model = GPT(mcfg)
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {N} demonstrations, vocab {tok.vocab_size}")
+    model.to(dev)
+    model.grad_checkpoint = args.grad_checkpoint
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters, {N} demonstrations, vocab {tok.vocab_size}, on {dev}")
     opt = make_optimizer(model.named_parameters(), args.lr, args.weight_decay)
     maybe_compile(model, args.compile)  # --compile: its blocks, in place
     start = resume(ckpt, {"policy": model}, {"policy": opt})["step"] if resuming else 0
@@ -147,21 +156,30 @@ def main(argv=None):
     pbar = tqdm(range(start, args.steps), desc="sft", initial=start, total=args.steps, disable=not distributed.is_main())
     for step in pbar:
         idx = batch_indices(step)
-        ids, mask, rmask = join_prompt_response([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], tok.pad_id)
         set_lr(opt, lr_factor(step, args.steps, args.warmup_steps, args.lr_schedule))
-        with autocast(args.dtype, ids.device):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
-            logits = model(ids, mask)
+        micro = [join_prompt_response([prompt_ids[i] for i in idx[j:j + args.batch_size]], [response_ids[i] for i in idx[j:j + args.batch_size]],
+                                      tok.pad_id) for j in range(0, len(idx), args.batch_size)]  # grad_accum x (ids, mask, rmask)
+        n_tok = sum(rmask[:, 1:].sum() for _, _, rmask in micro)  # the response tokens the step's loss averages over
         # under torchrun: weighted so that the averaged gradient is that of the loss over the global batch's tokens
-        local = sft_loss(logits, ids, rmask) * distributed.mean_weight(rmask[:, 1:].sum())
-        loss = distributed.all_reduce_mean(local.detach())  # the global batch's loss (the local one in one process)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"error: SFT loss is {loss.item()} at step {step + 1}; {last_good(ckpt)}")
+        weight = distributed.mean_weight(n_tok)
         opt.zero_grad(set_to_none=True)
-        local.backward()
+        loss = 0.0
+        with oom_guard(f"SFT step {step + 1}", f"--batch-size {args.batch_size} (raise --grad-accum to keep the step's batch)", ckpt):
+            for ids, mask, rmask in micro:
+                ids, mask, rmask = ids.to(dev), mask.to(dev), rmask.to(dev)
+                with autocast(args.dtype, dev):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
+                    logits = model(ids, mask)
+                share = rmask[:, 1:].sum() / n_tok if len(micro) > 1 else 1.0  # accumulated: this micro-batch's share of the tokens
+                local = sft_loss(logits, ids, rmask) * share * weight
+                local.backward()
+                loss = loss + local.detach()
+                tokens += int(distributed.all_reduce_sum(mask.sum()))
+        loss = distributed.all_reduce_mean(loss)  # the global batch's loss (the local one in one process)
+        if not torch.isfinite(loss):  # before the optimiser step: the weights never see it
+            raise SystemExit(f"error: SFT loss is {loss.item()} at step {step + 1}; {last_good(ckpt)}")
         distributed.all_reduce_grads(model.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         opt.step()
-        tokens += int(distributed.all_reduce_sum(mask.sum()))
         elapsed = time.time() - t0
         metrics.log(step + 1, {"sft/loss": loss.item(), "sft/lr": opt.param_groups[0]["lr"],
                                "sft/grad_norm": gnorm.item(), "sft/tokens_per_s": tokens / max(elapsed, 1e-9)})
@@ -176,13 +194,14 @@ def main(argv=None):
         return
 
     # 5. evaluate: sample the held-out prompts, score with the gold judge
-    report = {"steps": args.steps, "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9)}
+    report = {"steps": args.steps, "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9), **peak_memory(dev)}
     eval_path = data / "prompts_eval.jsonl"
     if args.n_eval and eval_path.exists():
         model.eval()
         prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts")][:args.n_eval]
-        gen = torch.Generator().manual_seed(args.seed)
-        roll = sample(model, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=gen)
+        gen = torch.Generator(dev).manual_seed(args.seed)
+        with autocast(args.dtype, dev):
+            roll = sample(model, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=gen)
         lengths = roll.response_mask.sum(1)
         report.update({"eval/n": len(prompts), "eval/length": lengths.mean().item(),
                        "eval/stopped": roll.stopped.float().mean().item()})
@@ -200,7 +219,7 @@ def main(argv=None):
     metrics.log(args.steps, report)
     metrics.close()
     write_json(out / "eval.json", report)
-    print(f"done in {train_time:.0f}s ({report['tokens_per_s']:,.0f} tok/s)")
+    print(f"done in {train_time:.0f}s ({report['tokens_per_s']:,.0f} tok/s" + (f", peak GPU memory {report['memory/peak_gpu_mib']:,.0f} MiB)" if dev.type == "cuda" else ")"))
     if "gold/score" in report:
         print(f"SFT policy gold score {report['gold/score']:.3f} on {report['eval/n']} eval prompts "
               f"(demonstrations {report['gold/demonstration']:.3f}, best achievable {report['gold/reference']:.3f})")

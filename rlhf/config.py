@@ -17,18 +17,22 @@ import dataclasses
 import operator
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import PurePath
+
+from rlhf.device import device_error
 
 _LIMITS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
 
 
-def arg(default=dataclasses.MISSING, help: str = "", *, choices=None, ge=None, gt=None, le=None, lt=None):
+def arg(default=dataclasses.MISSING, help: str = "", *, choices=None, ge=None, gt=None, le=None, lt=None, check=None):
     """A dataclass field with its help line and limits: `kl_coef: float = arg(0.05, "KL coefficient", ge=0)`.
 
     No default: the flag is required. A list default is copied for every instance. The limits apply to
-    every element of a list field; None (an Optional field's "none") passes every check.
+    every element of a list field; None (an Optional field's "none") passes every check. check: a function
+    of the value that returns an error message (naming what is allowed) or None, e.g. rlhf.device.device_error.
     """
-    meta = {"help": help}
+    meta = {"help": help} | ({"check": check} if check is not None else {})
     if choices is not None:
         meta["choices"] = list(choices)
     meta.update({k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None})
@@ -86,6 +90,8 @@ def _check(name: str, value, meta: dict) -> str | None:
         for key, (symbol, holds) in _LIMITS.items():
             if key in meta and not holds(v, meta[key]):
                 return f"{_flag(name)} must be {symbol} {meta[key]} (got {v})"
+        if meta.get("check") is not None and (msg := meta["check"](v)):
+            return f"{_flag(name)} {msg}"
     return None
 
 
@@ -161,3 +167,22 @@ def print_config(cfg) -> None:
     width = max((len(k) for k in d), default=0)
     for k, v in d.items():
         print(f"{k:<{width}} = {v}")
+
+
+# ---- the flags every script shares --------------------------------------------------------------
+
+@dataclass
+class DeviceArgs:
+    """Where and how a script computes (rlhf/device.py, rlhf/precision.py); every script's Args extends it."""
+    device: str = arg("auto", "where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N", check=device_error)
+    dtype: str = arg("auto", "forward passes in fp32, or under bf16 autocast with fp32 weights (log-probs, ratios and losses "
+                     "stay fp32); auto: bf16 on CUDA, fp32 on the CPU", choices=["auto", "fp32", "bf16"])
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
+
+
+@dataclass
+class TrainArgs(DeviceArgs):
+    """DeviceArgs plus what only training scripts need."""
+    compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see docs/performance.md)")
+    grad_checkpoint: bool = arg(False, "activation checkpointing of the transformer blocks: the same gradients, less memory, "
+                                "about one more forward per step")

@@ -97,9 +97,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum of `t` over ranks (a new tensor; `t` itself in a single process)."""
     if world_size() == 1:
         return t
-    t = t.detach().clone()
+    host = t.device.type == "cpu" and dist.get_backend() == "nccl"  # nccl reduces GPU tensors only
+    t = t.detach().clone() if not host else t.detach().to(f"cuda:{torch.cuda.current_device()}")
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return t.cpu() if host else t
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, asdict
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -125,6 +126,10 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
+        # --grad-checkpoint: training forwards keep only each block's input and recompute the block during
+        # backward (torch.utils.checkpoint, RNG state preserved so dropout matches): the same gradients for
+        # about one extra forward, with activation memory of one block instead of n_layer
+        self.grad_checkpoint = False
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
             if name.endswith("c_proj.weight"):
@@ -165,8 +170,12 @@ class GPT(nn.Module):
             attn_mask = ((kj <= qi)[None] & keys[:, None, :]) | (kj == qi)[None]  # (B, T, S); self always
             attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, D)
+        checkpointed = self.grad_checkpoint and cache is None and torch.is_grad_enabled()
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask, cache, i)
+            if checkpointed:
+                x = torch.utils.checkpoint.checkpoint(block, x, attn_mask, None, i, use_reentrant=False)
+            else:
+                x = block(x, attn_mask, cache, i)
         if cache is not None:
             cache.key_mask[:, p:p + T] = real
             cache.n_real += real.long().sum(1)
@@ -261,7 +270,7 @@ def generate(model: GPT, prompt_ids, prompt_mask, max_new_tokens: int, eos_id: i
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     # prefill: the whole prompt through the model, but the output projection only at its last column
     logits = F.linear(model.hidden(prompt_ids, prompt_mask, cache)[:, -1], model.wte.weight).float()  # (B, V)
-    n = 0
+    n, sync_every = 0, 1 if dev.type == "cpu" else 8
     for t in range(max_new_tokens):
         if temperature == 0:
             tok = logits.argmax(-1)
@@ -276,7 +285,9 @@ def generate(model: GPT, prompt_ids, prompt_mask, max_new_tokens: int, eos_id: i
         out[:, t] = tok
         n = t + 1
         done |= tok == eos_id
-        if bool(done.all()) or t == max_new_tokens - 1:
+        # "every row stopped?" reads a GPU value back to the host: on CUDA only every 8th step (a few steps of
+        # padding at most); on the CPU it costs nothing, and every step keeps the sampled widths as they were
+        if t == max_new_tokens - 1 or ((t + 1) % sync_every == 0 and bool(done.all())):
             break
         logits = model(tok[:, None], (~done | (tok == eos_id))[:, None].float(), cache)[:, -1].float()
     out = out[:, :n]

@@ -75,7 +75,7 @@ def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generato
     policy.train(), value.train()
     stats = []
     for _ in range(hp.ppo_epochs):
-        for idx in torch.randperm(B, generator=generator).split(B // hp.minibatches):
+        for idx in torch.randperm(B, generator=generator, device=generator.device).split(B // hp.minibatches):
             mb = batch[idx.to(device)]
             with autocast(hp.dtype, device):
                 if shared:  # one forward: log-probs, entropy and values from the same hidden states

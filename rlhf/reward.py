@@ -68,8 +68,10 @@ def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str]):
 
 
 @torch.no_grad()
-def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 64, device="cpu"):
-    """RM scores r(x, y) of N (prompt, response) pairs, read at the last real token (EOS). -> (N,)"""
+def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 64, device=None):
+    """RM scores r(x, y) of N (prompt, response) pairs, read at the last real token (EOS). -> (N,) on the CPU.
+    Tokenised on the CPU; the forwards run on `device` (None: the RM's own)."""
+    device = next(rm.parameters()).device if device is None else device
     was_training = rm.training
     rm.eval()
     out = []
@@ -158,7 +160,7 @@ def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: i
     longest prompt leaves room in the context."""
     if max_new_tokens is None:
         max_new_tokens = min(96, policy.config.block_size - max(len(q) for q in tok.encode_prompts(prompts)))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(next(policy.parameters()).device).manual_seed(seed)
     texts = []
     for i in range(0, len(prompts), chunk):
         texts += sample(policy, tok, [p for p in prompts[i:i + chunk] for _ in range(2)], max_new_tokens,

@@ -20,6 +20,7 @@ import torch
 from rlhf import distributed
 from rlhf.config import config_to_dict, print_config
 from rlhf.data import DataError, read_objects, write_json, write_jsonl
+from rlhf.device import resolve_device, resolve_dtype
 
 
 class RunDirError(ValueError):
@@ -158,24 +159,31 @@ def run_cli(main) -> None:
         distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
 
 
-def start_script(args) -> None:
-    """The opening of a script that writes no run directory: print the config, set CPU threads
-    (args.threads > 0), seed everything (args.seed)."""
+def _start(args) -> torch.device:
+    """Resolve --device and --dtype (stored back into args, so the printed and saved config says what ran), join a
+    torchrun process group when there is one, print the config, set CPU threads (args.threads > 0)."""
+    dev = resolve_device(args.device)
+    args.device, args.dtype = str(dev), resolve_dtype(args.dtype, dev)
+    distributed.init(args.device)
     print_config(args)
-    if getattr(args, "threads", 0):
+    if args.threads:
         torch.set_num_threads(args.threads)
+    return dev
+
+
+def start_script(args) -> torch.device:
+    """The opening of a script that writes no run directory (_start, then seed everything with args.seed).
+    Returns the device."""
+    dev = _start(args)
     seed_everything(args.seed)
+    return dev
 
 
-def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
-    """The opening every training script shares: join a torchrun process group when there is one
-    (rlhf/distributed.py), print the config, set CPU threads (args.threads > 0), prepare the run directory
-    (args.out, args.resume, args.overwrite; rank 0 only), seed everything (args.seed, offset per rank).
-    Returns (run directory, True when --resume finds a checkpoint `ckpt_name` in it to continue from)."""
-    distributed.init(getattr(args, "device", None) or "cpu")
-    print_config(args)
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(args.threads)
+def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool, torch.device]:
+    """The opening every training script shares: _start, prepare the run directory (args.out, args.resume,
+    args.overwrite; rank 0 only), seed everything (args.seed, offset per rank).
+    Returns (run directory, True when --resume finds a checkpoint `ckpt_name` in it to continue from, device)."""
+    dev = _start(args)
     out = Path(args.out)
     ckpt = out / ckpt_name
     resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
@@ -183,4 +191,4 @@ def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool]:
         prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
     distributed.barrier()  # the others wait until rank 0 has checked (or cleared) the run directory
     seed_everything(distributed.rank_seed(args.seed))
-    return out, resuming
+    return out, resuming, dev

@@ -50,11 +50,13 @@ def check_prompts_fit(tok, prompts: list[str], block_size: int, max_new_tokens: 
 @torch.inference_mode()
 def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-           batch_size: int = 64, device="cpu") -> Rollout:
-    """Sample one response per prompt, `batch_size` prompts per generate call. Returns one Rollout.
+           batch_size: int = 64, device=None) -> Rollout:
+    """Sample one response per prompt, `batch_size` prompts per generate call. Returns one Rollout, its tensors on
+    `device` (None: the model's). The generator must live on that device too (it draws the sampling noise).
 
     Batches are padded to the longest prompt/response of the whole call so they concatenate.
     """
+    device = model.wte.weight.device if device is None else device
     chunks = []
     for s in range(0, len(prompts), batch_size):
         q, qm = encode_queries(tok, prompts[s:s + batch_size], model.config.block_size, max_new_tokens)

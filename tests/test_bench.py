@@ -145,4 +145,4 @@ def test_scripts_run_with_bf16(algo, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").open()]
     assert all(math.isfinite(rows[-1][k]) for k in ("ppo/loss/policy", "ppo/loss/value", "objective/kl"))
     p = run("train_ppo.py", "--data", data, "--sft", sft, "--out", str(tmp_path / "x"), "--dtype", "fp16", check=False)
-    assert p.returncode == 2 and "--dtype must be one of: fp32, bf16 (got 'fp16')" in p.stderr
+    assert p.returncode == 2 and "--dtype must be one of: auto, fp32, bf16 (got 'fp16')" in p.stderr

@@ -1,0 +1,84 @@
+"""Where a run computes: --device auto | cpu | cuda | cuda:N, the CUDA switches, peak GPU memory, out-of-memory.
+
+Models, batches, the KV cache, the torch.Generators and the sampling noise live on the device; tokenisation,
+the gold judge and JSONL I/O stay on the CPU. On CUDA: TF32 matmuls are allowed (`--dtype fp32` then runs its
+matrix multiplies in TF32), SDPA picks its fused flash / memory-efficient kernels (rlhf/model.py passes
+`is_causal` or a boolean mask and no other constraint), and `--dtype auto` means bf16 autocast with fp32 master
+weights (rlhf/precision.py). On the CPU `auto` is fp32, so the CPU numbers stay what they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+def device_error(name: str) -> str | None:
+    """None when `name` can be used here, else a message naming what is available (for rlhf.config.arg(check=))."""
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = "no CUDA GPU is visible to torch" if n == 0 else f"{n} CUDA GPU{'s' if n > 1 else ''} visible (cuda:0..cuda:{n - 1})"
+    if name in ("auto", "cpu"):
+        return None
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        index = int(name[5:]) if name != "cuda" else 0
+        return None if index < n else f"is {name!r} but {have}; use --device cpu or auto"
+    return f"must be auto, cpu, cuda or cuda:N (got {name!r}); {have}"
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu. Under torchrun a CUDA run uses GPU LOCAL_RANK (one GPU per rank)."""
+    err = device_error(name)
+    if err:
+        raise ValueError(f"--device {err}")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls in TF32 (10-bit mantissa), as nanoGPT does
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """--dtype auto -> bf16 on CUDA, fp32 on the CPU; fp32 and bf16 pass through."""
+    return ("bf16" if device.type == "cuda" else "fp32") if dtype == "auto" else dtype
+
+
+def peak_memory(device: torch.device) -> dict:
+    """{"memory/peak_gpu_mib": ...} (torch.cuda.max_memory_allocated) on CUDA; {} on the CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"memory/peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+@contextlib.contextmanager
+def oom_guard(stage, batch: str, ckpt):
+    """Turn CUDA out-of-memory inside the block into one line naming the stage, the batch size and the flag to
+    lower, and where the last good checkpoint is (checkpoints are only ever replaced whole, so it is intact).
+
+        with oom_guard(lambda: f"PPO iteration {step + 1}", "--batch-size 64", out / "ckpt"): ...
+
+    stage: a string, or a function giving it when the error happens (e.g. the iteration the loop had reached).
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        from rlhf.checkpoint import last_good
+        raise SystemExit(f"error: CUDA out of memory in {stage() if callable(stage) else stage}; lower {batch}, or add --grad-checkpoint; "
+                         f"{last_good(ckpt)}") from None
+
+
+def clock(device: torch.device):
+    """time.time() that first waits for the GPU's queued work, so per-stage timings on CUDA are real."""
+    def now() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        import time
+        return time.time()
+    return now
