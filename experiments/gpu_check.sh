@@ -51,10 +51,10 @@ fi
 
 # 1. the CUDA tests (skipped on the CPU, as everywhere without a GPU)
 step "CUDA tests" 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
-# 2. throughput at the GPT-2-small shape: bf16 autocast; its SFT and RM steps with activation checkpointing (memory);
-#    fp32 (TF32 matmuls) for the ratio
+# 2. throughput at the GPT-2-small shape: bf16 autocast, then fp32 (TF32 matmuls) for the ratio; the memory that
+#    activation checkpointing saves in one SFT step of the small preset's model
 step "bench bf16" 100 python3 bench.py --shape $SHAPE --device $DEV --dtype bf16 --repeats $REPEATS $HF --json "$OUT/bench_bf16.json"
-step "bench bf16 --grad-checkpoint" 40 python3 bench.py --shape $SHAPE --device $DEV --dtype bf16 --repeats 1 --stages sft,rm --grad-checkpoint --json "$OUT/bench_ckpt.json"
+step "grad-checkpoint memory" 40 python3 experiments/grad_checkpoint_memory.py --device $DEV --batch 64
 step "bench fp32/tf32" 40 python3 bench.py --shape $SHAPE --device $DEV --dtype fp32 --repeats 1 --stages peak,sft,rm,gen_cache --json "$OUT/bench_fp32.json"
 # 3. one seed of the small preset's pipeline (every default method), timed by stage; cut at the limit, its finished
 #    stages kept (rerun the same line to continue: reproduce.py resumes)

@@ -4,7 +4,8 @@ Template, as token ids:  prompt_ids + [SEP] + response_ids + [EOS]
     - `encode_prompt(p)`   -> ids of p, then SEP   (what the policy is conditioned on)
     - `encode_response(r)` -> ids of r, then EOS   (what the policy generates)
 Each part is encoded on its own with a prefix space, so the boundary between prompt and response is
-the same whatever the text, and the same word always gets the same tokens.
+the same whatever the text, and the same word always gets the same tokens. Special-token strings inside the
+text ("<|eos|>", "<|sep|>", "<|pad|>", GPT-2's "<|endoftext|>") are encoded as ordinary text.
 The tokenizer is saved as `tokenizer.json` beside every checkpoint; a policy, its reference and its
 reward model must share one (checked through `fingerprint`).
 """
@@ -24,6 +25,10 @@ GPT2_EOS = "<|endoftext|>"  # a GPT-2 tokenizer's end-of-text token serves as EO
 class Tokenizer:
     def __init__(self, tk: _HFTokenizer):
         self.tk = tk
+        # User text always encodes as text: a literal "<|eos|>" in a response must not become the EOS id (SFT would
+        # learn to stop there). Only the template inserts specials, by id. (Not saved in tokenizer.json, so the
+        # fingerprint is unchanged.)
+        tk.encode_special_tokens = True
         ids = [tk.token_to_id(s) for s in SPECIALS]
         if ids[1] is None:
             ids[1] = tk.token_to_id(GPT2_EOS)

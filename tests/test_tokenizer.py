@@ -50,3 +50,15 @@ def test_too_long_is_the_one_context_rule():
     assert too_long(prompts, 2, 5) == [2]
     # per-row responses, as ids or lengths: 3 + 3 > 5, 1 + 4 = 5 fits, 5 + 0 = 5 fits
     assert too_long(prompts, [[7, 7, 7], 4, []], 5) == [0]
+
+
+def test_special_token_strings_in_text_stay_text(tok):
+    specials = {tok.pad_id, tok.eos_id, tok.sep_id}
+    text = "the cat <|eos|> sat <|sep|> on <|pad|> the mat <|endoftext|>"
+    for ids in (tok.encode(text), tok.encode_batch([text])[0]):
+        assert not specials & set(ids)
+    p, r = tok.encode_prompts([text])[0], tok.encode_responses([text])[0]
+    assert p[-1] == tok.sep_id and not specials & set(p[:-1])  # only the template's separator
+    assert r[-1] == tok.eos_id and not specials & set(r[:-1])  # only the template's EOS
+    assert tok.decode_response(r) == text  # and it reads back as the same text
+    assert Tokenizer.from_json(tok.to_json()).encode(text) == tok.encode(text)  # a loaded tokenizer too
