@@ -45,7 +45,7 @@ class Args(DeviceArgs):
 
 
 # settings that must match for a partial output to be continued
-_SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch_size", "seed")
+_SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch_size", "seed", "device", "dtype")
 
 
 def main(argv=None):

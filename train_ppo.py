@@ -159,8 +159,9 @@ def main(argv=None):
 
     def evaluate(ref_texts):
         """Held-out gold / proxy / KL; the reference is sampled once and its texts reused afterwards."""
-        m, samples = evaluate_policy(policy, tok, eval_prompts, task=task, ref=ref, rm=rm, max_new_tokens=args.max_new_tokens,
-                                     seed=args.seed, ref_texts=ref_texts, rm_pairs=False)
+        with autocast(args.dtype, dev):  # as evaluate.py samples
+            m, samples = evaluate_policy(policy, tok, eval_prompts, task=task, ref=ref, rm=rm, max_new_tokens=args.max_new_tokens,
+                                         seed=args.seed, ref_texts=ref_texts, rm_pairs=False)
         return m, [s.get("ref_response") for s in samples] if ref_texts is None else ref_texts
 
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)

@@ -113,6 +113,7 @@ def main(argv=None):
         (policy, tok), sft_cfg = load_gpt2(args.init_from), {}
     else:
         policy, tok, sft_cfg = load_model(args.sft, "policy")
+    policy.to(dev)  # before --sft-pairs samples from it
     train, val = (fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
     if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
         if task is None:
@@ -131,7 +132,7 @@ def main(argv=None):
         load_model(args.previous_rm, "rm", into=rm)
     aux = torch.nn.ModuleDict({"heads": GaussianHead(rm.config.n_embd), "critic": Critic()}) if uml else None
     rm.to(dev)
-    policy.to(dev).eval()  # kept: its samples make the second set of diagnostic pairs
+    policy.eval()  # kept: its samples make the second set of diagnostic pairs
     if aux is not None:
         aux.to(dev)
     maybe_compile(rm, args.compile)  # --compile: its blocks, in place

@@ -4,7 +4,7 @@
 # memory), then the small preset's pipeline on the story task, timed by stage. Everything goes to one log,
 # $OUT/gpu_check.log (OUT defaults to runs/gpu_check), plus bench JSON and reproduce.py's stage records beside it.
 #
-#   bash experiments/gpu_check.sh             # on a machine with one CUDA GPU: about 8 minutes on an H100 / H200
+#   bash experiments/gpu_check.sh             # on a machine with one CUDA GPU: at most 8.5 minutes (the steps' limits)
 #   bash experiments/gpu_check.sh --dry-run   # the same steps on the CPU at toy sizes (tests the script itself)
 #
 # Needs no network: it uses the python3 on the PATH with torch (CUDA build), tokenizers, safetensors, tqdm, numpy and
@@ -50,15 +50,15 @@ else
 fi
 
 # 1. the CUDA tests (skipped on the CPU, as everywhere without a GPU)
-step "CUDA tests" 150 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step "CUDA tests" 240 python3 -m pytest -q -p no:cacheprovider --durations=0 tests/test_cuda.py
 # 2. throughput at the GPT-2-small shape: bf16 autocast, then fp32 (TF32 matmuls) for the ratio; the memory that
 #    activation checkpointing saves in one SFT step of the small preset's model
-step "bench bf16" 100 python3 bench.py --shape $SHAPE --device $DEV --dtype bf16 --repeats $REPEATS $HF --json "$OUT/bench_bf16.json"
-step "grad-checkpoint memory" 40 python3 experiments/grad_checkpoint_memory.py --device $DEV --batch 64
+step "bench bf16" 90 python3 bench.py --shape $SHAPE --device $DEV --dtype bf16 --repeats $REPEATS $HF --json "$OUT/bench_bf16.json"
+step "grad-checkpoint memory" 30 python3 experiments/grad_checkpoint_memory.py --device $DEV --batch 64
 step "bench fp32/tf32" 40 python3 bench.py --shape $SHAPE --device $DEV --dtype fp32 --repeats 1 --stages peak,sft,rm,gen_cache --json "$OUT/bench_fp32.json"
 # 3. one seed of the small preset's pipeline (every default method), timed by stage; cut at the limit, its finished
 #    stages kept (rerun the same line to continue: reproduce.py resumes)
-step "reproduce small" 170 python3 reproduce.py --task $TASK --preset $PRESET --device $DEV --out "$OUT/reproduce"
+step "reproduce small" 110 python3 reproduce.py --task $TASK --preset $PRESET --device $DEV --out "$OUT/reproduce"
 say ""; say "==== stage seconds (reproduce.py records)"
 python3 - "$OUT/reproduce" >> "$LOG" 2>&1 <<'PY'
 import json, sys

@@ -85,7 +85,7 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
     """Write a checkpoint directory at `path`, crash-safe as a whole (see the module docstring).
 
     tensors: further safetensors files, {"value": state_dict} -> value.safetensors (tied weights as above);
-    json_files: further JSON files, {"state": {...}} -> state.json. All of it lands with one rename.
+    json_files: further JSON files, {"state": {...}} -> state.json. All of it lands together (the rename of "<path>.tmp").
     """
     if kind not in KINDS:
         raise CheckpointError(f"unknown checkpoint kind {kind!r}; choose from: {', '.join(KINDS)}")

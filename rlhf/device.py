@@ -27,14 +27,26 @@ def device_error(name: str) -> str | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu. Under torchrun a CUDA run uses GPU LOCAL_RANK (one GPU per rank)."""
+    """auto -> cuda when available, else cpu. Under torchrun a CUDA run uses GPU LOCAL_RANK (one GPU per rank):
+    auto picks the GPUs only when there is one for every process on this machine, and an explicit cuda:N is refused
+    (each rank's GPU is its LOCAL_RANK)."""
     err = device_error(name)
     if err:
         raise ValueError(f"--device {err}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+        procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if name.startswith("cuda:"):
+            raise ValueError(f"--device {name} under torchrun: pass --device cuda (or auto); rank r runs on cuda:LOCAL_RANK")
+        if name == "cuda" and n < procs:
+            raise ValueError(f"--device cuda under torchrun: {procs} processes on this machine but {n} GPU(s) visible; "
+                             "start at most one process per GPU, or use --device cpu")
+        if name == "auto":
+            name = "cuda" if n >= procs else "cpu"
+        if name == "cuda":
+            name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    elif name == "auto":
+        name = "cuda" if n else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda":
         if dev.index is None:

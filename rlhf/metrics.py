@@ -8,7 +8,7 @@ import torch
 
 
 def win_outcomes(scores_a, scores_b, tie_tol: float = 1e-9):
-    """Per-item outcome of A against B: 1 win, 0.5 tie (|a - b| <= tie_tol), 0 loss.  scores (N,) -> (N,) float64"""
+    """Per-item outcome of A against B: 1 win, 0.5 tie (|a - b| <= tie_tol), 0 loss (compared in float64).  scores (N,) -> (N,)"""
     a, b = torch.as_tensor(scores_a, dtype=torch.float64), torch.as_tensor(scores_b, dtype=torch.float64)
     d = a - b
     return torch.where(d > tie_tol, 1.0, torch.where(d < -tie_tol, 0.0, 0.5))

@@ -213,7 +213,8 @@ class ScalarModel(nn.Module):
 
     def read(self, h):
         """Hidden states (..., D) -> normalised head output (...), fp32 even under bf16 autocast (it feeds losses)."""
-        return (self.head(h).squeeze(-1).float() - self.shift) / self.scale
+        with torch.autocast(h.device.type, enabled=False):  # the head's matmul itself in fp32, not only its output
+            return (self.head(h.float()).squeeze(-1) - self.shift) / self.scale
 
     def values(self, idx, mask=None):
         """-> (B, T) head output at every token."""

@@ -8,8 +8,8 @@ rlhf.checkpoint.load_model, its name the checkpoint's kind); every other module 
 beside it. optimizer.safetensors holds every optimiser's per-parameter tensors as
 "<optimiser>.state.<param index>.<name>"; state.json holds the step, the RNG states (python, numpy, torch,
 CUDA), the caller's extra values (e.g. PPO's KL coefficient) and each optimiser's param groups. All of it is
-one checkpoint directory, written with one rename (rlhf/checkpoint.py), so a crash at any moment leaves a
-consistent step to resume from.
+one checkpoint directory, written into "<ckpt>.tmp" and committed by renaming it into place (the replaced one waits
+as "<ckpt>.old" for that instant; rlhf/checkpoint.py), so a crash at any moment leaves a consistent step to resume from.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def rng_state(generators: dict[str, torch.Generator] | None = None) -> dict:
              "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
              "torch": _b64(torch.get_rng_state()),
              "generators": {k: _b64(g.get_state()) for k, g in (generators or {}).items()}}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # a CPU run on a GPU machine leaves CUDA alone
         state["torch_cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
@@ -55,7 +55,7 @@ def set_rng_state(state: dict, generators: dict[str, torch.Generator] | None = N
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(_unb64(state["torch"]))
-    if "torch_cuda" in state and torch.cuda.is_available():
+    if "torch_cuda" in state and torch.cuda.is_available() and torch.cuda.is_initialized():
         if len(state["torch_cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([_unb64(s) for s in state["torch_cuda"]])
         else:  # resuming on a different number of GPUs: the streams cannot match anyway

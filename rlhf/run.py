@@ -155,6 +155,12 @@ def run_cli(main) -> None:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: finished checkpoints and files are intact; rerun with --resume to continue")
+    except torch.OutOfMemoryError as e:  # outside a training step's oom_guard: an evaluation, sampling, scoring
+        if os.environ.get("RLHF_DEBUG"):
+            raise
+        sys.exit(f"error: CUDA out of memory ({str(e).splitlines()[0]}); lower --batch-size (evaluations and sampling: "
+                 "--batch-size, --n-eval or --max-new-tokens), or add --grad-checkpoint to training; checkpoints already "
+                 "written are intact")
     finally:
         distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
 

@@ -70,7 +70,8 @@ def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature
     r = torch.cat([F.pad(c[2], (0, Tr - c[2].shape[1]), value=tok.pad_id) for c in chunks])
     rm = torch.cat([F.pad(c[3], (0, Tr - c[3].shape[1])) for c in chunks])
     stopped = ((r == tok.eos_id) & rm.bool()).any(1)
-    texts = [tok.decode_response(row[m.bool()].tolist()) for row, m in zip(r, rm)]
+    r_host, m_host = r.cpu(), rm.cpu().bool()  # one copy from the device, not one per row
+    texts = [tok.decode_response(row[m].tolist()) for row, m in zip(r_host, m_host)]
     return Rollout(list(prompts), texts, q, qm, r, rm, stopped)
 
 
@@ -103,7 +104,8 @@ def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_
         with torch.no_grad():  # a statistic, never in a loss: no graph for two more (B, Tr, V) tensors
             out.append(-(logp_all.exp() * logp_all).sum(-1) * response_mask)  # (B, Tr)
     if value_head is not None:
-        out.append(value_head(h).squeeze(-1) * response_mask)  # (B, Tr)
+        with torch.autocast(h.device.type, enabled=False):  # the shared value head in fp32, as ScalarModel.read
+            out.append(value_head(h.float()).squeeze(-1) * response_mask)  # (B, Tr)
     return out[0] if len(out) == 1 else tuple(out)
 
 
