@@ -43,9 +43,9 @@ except ImportError:
 PY
 
 if [ $DRY = 1 ]; then
-    DEV=cpu; SHAPE=tiny; REPEATS=1; PRESET=smoke; TASK=algo; HF=""
+    DEV=cpu; SHAPE=tiny; REPEATS=1; PRESET=smoke; TASK=algo; HF=""; MEMBATCH=4
 else
-    DEV=cuda; SHAPE=gpt2; REPEATS=3; PRESET=small; TASK=story; HF=""
+    DEV=cuda; SHAPE=gpt2; REPEATS=3; PRESET=small; TASK=story; HF=""; MEMBATCH=64
     python3 -c "import transformers" 2>/dev/null && HF="--compare-hf"
 fi
 
@@ -54,7 +54,7 @@ step "CUDA tests" 240 python3 -m pytest -q -p no:cacheprovider --durations=0 tes
 # 2. throughput at the GPT-2-small shape: bf16 autocast, then fp32 (TF32 matmuls) for the ratio; the memory that
 #    activation checkpointing saves in one SFT step of the small preset's model
 step "bench bf16" 90 python3 bench.py --shape $SHAPE --device $DEV --dtype bf16 --repeats $REPEATS $HF --json "$OUT/bench_bf16.json"
-step "grad-checkpoint memory" 30 python3 experiments/grad_checkpoint_memory.py --device $DEV --batch 64
+step "grad-checkpoint memory" 30 python3 experiments/grad_checkpoint_memory.py --device $DEV --batch $MEMBATCH
 step "bench fp32/tf32" 40 python3 bench.py --shape $SHAPE --device $DEV --dtype fp32 --repeats 1 --stages peak,sft,rm,gen_cache --json "$OUT/bench_fp32.json"
 # 3. one seed of the small preset's pipeline (every default method), timed by stage; cut at the limit, its finished
 #    stages kept (rerun the same line to continue: reproduce.py resumes)
