@@ -157,7 +157,7 @@ def resume(path, modules: dict, optimizers: dict, generators: dict[str, torch.Ge
     (kind, main), *others = modules.items()
     sd, _ = load_checkpoint(d, expected_kind=kind)
     for name, module, state_dict in [(kind, main, sd)] + [(n, m, load_tensors(d, n)) for n, m in others]:
-        check_state_dict(state_dict, module, d / (f"{name}.safetensors" if module is not main else "model.safetensors"))
+        check_state_dict(state_dict, module, d if module is main else d / f"{name}.safetensors")
         module.load_state_dict(state_dict)
     saved = state.pop("optimizers", {})
     missing = [name for name in optimizers if name not in saved]
