@@ -42,7 +42,7 @@ from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_var, s
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import contrastive_reward, score_texts, weak_rm_warning
+from rlhf.reward import contrastive_reward, load_baselines, score_texts, weak_rm_warning
 from rlhf.run import MetricsWriter, run_cli, start_run
 from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
@@ -319,21 +319,6 @@ def value_function(args, value_init: str, policy, rm, dev):
     value.to(dev)
     value.gpt.grad_checkpoint = args.grad_checkpoint
     return value, {"policy": make_optimizer(policy.named_parameters(), args.lr), "value": make_optimizer(value.named_parameters(), args.vf_lr)}
-
-
-def load_baselines(path, rl_prompts: list[str]) -> dict[str, torch.Tensor]:
-    """prompt -> (k,) RM rewards of its offline baseline samples; every RL prompt must have them."""
-    if path is None:
-        raise ValueError("--reward contrastive needs --baselines FILE (written by sample_baselines.py)")
-    table = {r["prompt"]: torch.tensor(r["rewards"], dtype=torch.float32) for r in read_jsonl(path, "samples")}
-    missing = [p for p in dict.fromkeys(rl_prompts) if p not in table]
-    if missing:
-        raise ValueError(f"{path} has no baselines for {len(missing)} RL prompt(s), e.g. {missing[0]!r}; "
-                         "run sample_baselines.py on the same prompts file")
-    ks = {len(v) for v in table.values()}
-    if len(ks) > 1:
-        raise ValueError(f"{path}: prompts have different numbers of baseline rewards ({sorted(ks)}); k must be the same")
-    return table
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from rlhf.checkpoint import last_good, load_model
 from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
 from rlhf.data import read_json, read_jsonl, write_json
 from rlhf.device import oom_guard, peak_memory
-from rlhf.evaluation import rm_report
+from rlhf.evaluation import format_diagnostics, rm_report
 from rlhf.gpt2 import load_gpt2
 from rlhf.metrics import pair_accuracy
 from rlhf.model import ScalarModel
@@ -310,27 +310,6 @@ def fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
     if not kept:
         raise ValueError(f"{path}: no pair fits the model's context of {block_size} tokens (prompt + response, in tokens)")
     return kept
-
-
-def format_diagnostics(d: dict) -> str:
-    """The report a researcher reads first: the RM beside the length-only rule, on each set of pairs."""
-    lines = []
-    for prefix, title in (("rm/", "held-out demonstration pairs"), ("sft_pairs/", "pairs of two SFT samples on held-out prompts")):
-        if f"{prefix}n_pairs" not in d:
-            continue
-        f = lambda k: f"{d[prefix + k]:.3f}" if prefix + k in d and d[prefix + k] == d[prefix + k] else "n/a"  # noqa: E731
-        lines += [f"{title}: {d[prefix + 'n_pairs']}",
-                  f"  accuracy vs labels   RM {f('accuracy')}   length rule {f('length_rule_accuracy')}",
-                  f"  accuracy vs gold     RM {f('gold_accuracy')}   length rule {f('length_rule_gold_accuracy')}"
-                  f"   labels themselves {f('label_gold_accuracy')}",
-                  f"  calibration (ECE vs gold) {f('ece')}   corr(reward, length) {f('length_corr')}"]
-        comps = sorted(k for k in d if k.startswith(prefix + "component/") and not k.endswith("/n"))
-        if comps:
-            lines.append("  gold accuracy on pairs differing in one component only: " +
-                         ", ".join(f"{k.split('/')[-1]} {d[k]:.3f} (n={d[k + '/n']})" for k in comps))
-    if "rm/gold_accuracy" not in d:
-        lines.append("  no gold judge for this data: gold figures not available")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

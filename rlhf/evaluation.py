@@ -228,3 +228,24 @@ def rm_report(rm, tok, task, policy, sft_prompts: list[str], held_samples: list[
         out.update({"rlp/onpolicy_gold_accuracy_before": before, "rlp/onpolicy_gold_accuracy_after": after, "rlp/onpolicy_pairs": n_hp})
         print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}")
     return out
+
+
+def format_diagnostics(d: dict) -> str:
+    """The report a researcher reads first: the RM beside the length-only rule, on each set of pairs."""
+    lines = []
+    for prefix, title in (("rm/", "held-out demonstration pairs"), ("sft_pairs/", "pairs of two SFT samples on held-out prompts")):
+        if f"{prefix}n_pairs" not in d:
+            continue
+        f = lambda k: f"{d[prefix + k]:.3f}" if prefix + k in d and d[prefix + k] == d[prefix + k] else "n/a"  # noqa: E731
+        lines += [f"{title}: {d[prefix + 'n_pairs']}",
+                  f"  accuracy vs labels   RM {f('accuracy')}   length rule {f('length_rule_accuracy')}",
+                  f"  accuracy vs gold     RM {f('gold_accuracy')}   length rule {f('length_rule_gold_accuracy')}"
+                  f"   labels themselves {f('label_gold_accuracy')}",
+                  f"  calibration (ECE vs gold) {f('ece')}   corr(reward, length) {f('length_corr')}"]
+        comps = sorted(k for k in d if k.startswith(prefix + "component/") and not k.endswith("/n"))
+        if comps:
+            lines.append("  gold accuracy on pairs differing in one component only: " +
+                         ", ".join(f"{k.split('/')[-1]} {d[k]:.3f} (n={d[k + '/n']})" for k in comps))
+    if "rm/gold_accuracy" not in d:
+        lines.append("  no gold judge for this data: gold figures not available")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import random
 import torch
 import torch.nn.functional as F
 
+from rlhf.data import read_jsonl
 from rlhf.metrics import expected_calibration_error, pair_accuracy, pearson
 from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response
@@ -175,3 +176,18 @@ def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: i
         for lst, x in zip(out, (p, c, r)):
             lst.append(x)
     return out
+
+
+def load_baselines(path, rl_prompts: list[str]) -> dict[str, torch.Tensor]:
+    """prompt -> (k,) RM rewards of its offline baseline samples; every RL prompt must have them."""
+    if path is None:
+        raise ValueError("--reward contrastive needs --baselines FILE (written by sample_baselines.py)")
+    table = {r["prompt"]: torch.tensor(r["rewards"], dtype=torch.float32) for r in read_jsonl(path, "samples")}
+    missing = [p for p in dict.fromkeys(rl_prompts) if p not in table]
+    if missing:
+        raise ValueError(f"{path} has no baselines for {len(missing)} RL prompt(s), e.g. {missing[0]!r}; "
+                         "run sample_baselines.py on the same prompts file")
+    ks = {len(v) for v in table.values()}
+    if len(ks) > 1:
+        raise ValueError(f"{path}: prompts have different numbers of baseline rewards ({sorted(ks)}); k must be the same")
+    return table
