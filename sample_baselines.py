@@ -27,7 +27,7 @@ from rlhf.run import run_cli, start_script
 from rlhf.data import append_jsonl, read_json, read_jsonl, write_json
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.precision import autocast
-from rlhf.reward import score_texts
+from rlhf.reward import score_rollout
 from rlhf.sampling import check_prompts_fit, sample
 
 
@@ -87,7 +87,7 @@ def main(argv=None):
         rep = [p for p in chunk for _ in range(args.k)]  # (len(chunk) * k,) prompt i's samples are rows i*k .. i*k+k-1
         with autocast(args.dtype, dev):
             roll = sample(policy, tok, rep, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=len(rep))
-            rewards = score_texts(rm, tok, rep, roll.texts).view(len(chunk), args.k)
+            rewards = score_rollout(rm, tok, roll).view(len(chunk), args.k)  # the sampled ids themselves
         append_jsonl(out, [{"prompt": p, "responses": roll.texts[i * args.k:(i + 1) * args.k], "rewards": rewards[i].tolist()}
                            for i, p in enumerate(chunk)])
     print(f"wrote {out}: {len(prompts)} prompts x {args.k} responses")

@@ -42,7 +42,7 @@ from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_var, s
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import contrastive_reward, load_baselines, score_texts, weak_rm_warning
+from rlhf.reward import contrastive_reward, load_baselines, score_rollout, weak_rm_warning
 from rlhf.run import MetricsWriter, run_cli, start_run
 from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
@@ -143,11 +143,12 @@ def main(argv=None):
     hp = PPOHParams(cliprange=args.cliprange, cliprange_value=args.cliprange_value, vf_coef=args.vf_coef, ppo_epochs=args.ppo_epochs,
                     minibatches=args.minibatches, temperature=args.temperature, grad_clip=args.grad_clip, dtype=args.dtype)
 
-    def score(prompts, texts, stopped):
-        if args.reward == "gold":  # the judge and the tokeniser run on the CPU; the scores then join the rollouts
+    def score(roll):
+        prompts, texts, stopped = roll.prompts, roll.texts, roll.stopped
+        if args.reward == "gold":  # the judge runs on the CPU; the scores then join the rollouts
             s = torch.tensor([task.gold(p, t) for p, t in zip(prompts, texts)])
-        else:
-            s = score_texts(rm, tok, prompts, texts)
+        else:  # the RM reads the sampled ids themselves
+            s = score_rollout(rm, tok, roll)
         if args.reward == "contrastive":  # before any penalty, clipping or whitening (Shen et al. 2024)
             s = contrastive_reward(s, torch.stack([baselines[p] for p in prompts]), args.baseline_agg)
         s = s.to(dev)
@@ -191,7 +192,7 @@ def main(argv=None):
 
             # 2. score
             with autocast(args.dtype, dev):
-                scores = score(prompts, roll.texts, roll.stopped)  # (B,)
+                scores = score(roll)  # (B,)
             t["score"] = now()
 
             # 3. log-probs of the sampled tokens under policy and reference; values

@@ -39,10 +39,9 @@ from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import bradley_terry_loss, pair_batch, policy_sample_pairs, rm_diagnostics, score_texts
+from rlhf.reward import bradley_terry_loss, pair_batch, pairs_that_fit, policy_sample_pairs, rm_diagnostics, score_texts
 from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
 from rlhf.run import MetricsWriter, run_cli, start_run
-from rlhf.tokenizer import too_long
 
 
 @dataclass
@@ -120,7 +119,8 @@ def main(argv=None):
             raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
         prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
         p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed + 3)
-        train = train + [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
+        sft_rows = [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
+        train = train + fitting(tok, sft_rows, policy.config.block_size, "the --sft-pairs samples") if sft_rows else train
         print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
     N = len(train)
     steps = max(1, math.ceil(args.epochs * N / (args.batch_size * args.grad_accum * distributed.world_size())))
@@ -211,6 +211,7 @@ def main(argv=None):
         if (step + 1) % args.ckpt_every == 0:
             save(step + 1)
     train_time = time.time() - t0
+    save(steps)  # the trained weights are safe before the diagnostics run (a resumed run goes straight to them)
     if not distributed.is_main():  # rank 0 alone computes the diagnostics and writes the final checkpoint
         return
 
@@ -301,10 +302,7 @@ def uml_layout(B: int, U: int) -> dict[str, slice]:
 
 def fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
     """The pairs whose prompt + longer response fit the context; the rest skipped with a warning (none left: an error)."""
-    longer = [max(c, r, key=len) for c, r in zip(tok.encode_responses([x["chosen"] for x in rows]),
-                                                 tok.encode_responses([x["rejected"] for x in rows]))]
-    skip = set(too_long(tok.encode_prompts([x["prompt"] for x in rows]), longer, block_size))
-    kept = [x for i, x in enumerate(rows) if i not in skip]
+    kept = [rows[i] for i in pairs_that_fit(tok, *([x[k] for x in rows] for k in ("prompt", "chosen", "rejected")), block_size)]
     if len(kept) < len(rows):
         print(f"warning: skipped {len(rows) - len(kept)} of {len(rows)} pairs from {path} longer than the context ({block_size} tokens)")
     if not kept:

@@ -219,6 +219,9 @@ def load_checkpoint(path, expected_kind: str | None = None, map_location="cpu") 
     if expected_kind is not None and kind != expected_kind:
         raise CheckpointError(f"{d}: is a {kind!r} checkpoint, expected {expected_kind!r}")
     state_dict = _load_safetensors(model_file, map_location)
+    bad = next((k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:  # evaluating or training from such weights would report NaN as if it were a result
+        raise CheckpointError(f"{model_file}: parameter {bad!r} holds NaN or inf values; this checkpoint cannot be used")
     for alias, target in (config.pop("_aliases", None) or {}).items():
         if target not in state_dict:
             raise CheckpointError(f"{d}: alias {alias!r} points to {target!r}, which is not in model.safetensors")
@@ -293,5 +296,10 @@ def load_model(path, kind: str, into: torch.nn.Module | None = None):
         raise CheckpointError(f"{path}: config.json 'model' section is not a valid GPTConfig: {e}") from None
     model = into if into is not None else (GPT(mcfg) if kind == "policy" else ScalarModel(mcfg))
     check_state_dict(state, model, path)
+    tok = load_tokenizer(path)
+    saved = config.get("tokenizer")  # the fingerprint of the tokenizer the weights were trained with
+    if saved is not None and saved != tok.fingerprint:
+        raise CheckpointError(f"{path}: tokenizer.json is not the tokenizer these weights were trained with (its fingerprint "
+                              f"is {tok.fingerprint}, config.json records {saved!r}); restore the checkpoint's own tokenizer.json")
     model.load_state_dict(state)
-    return model, load_tokenizer(path), config
+    return model, tok, config

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import warnings
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Iterator
@@ -116,11 +117,20 @@ def validate_record(obj: Any, kind: str, where: str) -> dict:
 # ---- reading ---------------------------------------------------------------------------------------
 
 def _open_for_reading(path: Path):
+    """Open a regular file for reading. A FIFO would block in open() and /dev/zero would never end: both are refused
+    before opening, as a directory is."""
     try:
-        return open(path, "rb")
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
-    except OSError as e:  # a directory, no permission, ...
+    except OSError as e:  # no permission on a parent, a name too long, ...
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or another special file"
+        raise DataError(f"{path}: is {what}, not a regular file")
+    try:
+        return open(path, "rb")
+    except OSError as e:  # no permission, ...
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 

@@ -15,7 +15,7 @@ import torch
 
 from rlhf.metrics import bootstrap_ci, pair_accuracy, win_outcomes
 from rlhf.ppo import sequence_kl
-from rlhf.reward import policy_sample_pairs, rm_diagnostics, score_texts
+from rlhf.reward import pairs_that_fit, policy_sample_pairs, rm_diagnostics, score_rollout, score_texts
 from rlhf.sampling import Rollout, response_logprobs, sample
 
 
@@ -131,7 +131,7 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
     dev = next(policy.parameters()).device
     gen = lambda s: torch.Generator(device=dev).manual_seed(s)  # noqa: E731
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, device=dev)
-    score = lambda ps, ts: score_texts(rm, tok, ps, ts, batch_size=batch_size, device=dev).tolist()  # noqa: E731
+    score = lambda r: score_rollout(rm, tok, r, batch_size=batch_size).tolist()  # noqa: E731  (the sampled ids)
     n = best_of_n
     metrics: dict = {"eval/n": P}
     with _eval_mode(policy, ref, rm):
@@ -139,7 +139,7 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
         roll = sample(policy, tok, [p for p in prompts for _ in range(n)], generator=gen(seed), **kw)
         proxy = pair = None
         if n > 1:
-            cand = torch.tensor(score(roll.prompts, roll.texts)).view(P, n)  # (P, n)
+            cand = torch.tensor(score(roll)).view(P, n)  # (P, n)
             pick = (torch.arange(P) * n + cand.argmax(1)).tolist()  # first maximum on ties
             proxy = cand.amax(1).tolist()
             if task is not None and rm_pairs:  # two raw candidates per prompt
@@ -165,12 +165,10 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
 
         # 4. proxy: RM scores of the samples, and of a second policy sample for the on-policy RM accuracy
         if rm is not None and n == 1:
-            second = (sample(policy, tok, prompts, generator=gen(seed + 2), **kw).texts
-                      if task is not None and rm_pairs else [])
-            scores = score(list(prompts) + list(prompts[:len(second)]), texts + second)  # one batched call
-            proxy = scores[:P]
-            if second:
-                pair = (texts, second, scores[:P], scores[P:])
+            proxy = score(roll)
+            if task is not None and rm_pairs:
+                second = sample(policy, tok, prompts, generator=gen(seed + 2), **kw)
+                pair = (texts, second.texts, proxy, score(second))
         if proxy is not None:
             metrics["proxy/score"] = _mean(proxy)
 
@@ -215,6 +213,8 @@ def rm_report(rm, tok, task, policy, sft_prompts: list[str], held_samples: list[
         return out
     if sft_prompts:
         p, c, r = policy_sample_pairs(policy, tok, task, sft_prompts, temperature=1.0, seed=seed)
+        keep = pairs_that_fit(tok, p, c, r, rm.config.block_size)  # decoded samples can re-encode longer
+        p, c, r = ([x[i] for i in keep] for x in (p, c, r))
         s = score_texts(rm, tok, p + p, c + r)
         out.update({f"sft_pairs/{k[3:]}": v for k, v in rm_diagnostics(p, c, r, s[:len(p)], s[len(p):], task).items()})
     hp = [(r["prompt"], r["responses"][0], r["responses"][1], r["rewards"][0], r["rewards"][1]) for r in held_samples

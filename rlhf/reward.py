@@ -69,23 +69,56 @@ def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str]):
 
 
 @torch.no_grad()
-def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 64, device=None):
-    """RM scores r(x, y) of N (prompt, response) pairs, read at the last real token (EOS). -> (N,) on the CPU.
-    Tokenised on the CPU; the forwards run on `device` (None: the RM's own)."""
+def score_ids(rm, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 64, device=None):
+    """RM scores r(x, y) of N (prompt ids, response ids) rows, read at each row's last real token. -> (N,) on the CPU.
+    prompt ids end with SEP, response ids with EOS (as the template writes them); the forwards run on `device`
+    (None: the RM's own), `batch_size` rows at a time."""
     device = next(rm.parameters()).device if device is None else device
     was_training = rm.training
     rm.eval()
     out = []
-    for s in range(0, len(prompts), batch_size):
-        p = tok.encode_prompts(prompts[s:s + batch_size])
-        r = tok.encode_responses(responses[s:s + batch_size])
+    for s in range(0, len(prompt_ids), batch_size):
+        p, r = prompt_ids[s:s + batch_size], response_ids[s:s + batch_size]
         for i in too_long(p, r, rm.config.block_size)[:1]:
             raise ValueError(f"prompt + response {s + i} is {len(p[i]) + len(r[i])} tokens, longer than the reward "
                              f"model's context ({rm.config.block_size})")
-        ids, mask, _ = join_prompt_response(p, r, tok.pad_id)
+        ids, mask, _ = join_prompt_response(p, r, pad_id)
         out.append(rm.score(ids.to(device), mask.to(device)).float().cpu())
     rm.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
+
+
+def pairs_that_fit(tok, prompts: list[str], chosen: list[str], rejected: list[str], block_size: int) -> list[int]:
+    """Indices of the (prompt, chosen, rejected) texts whose prompt + longer response, as the template encodes
+    them, fit a context of block_size tokens (rlhf.tokenizer.too_long)."""
+    longer = [max(c, r, key=len) for c, r in zip(tok.encode_responses(chosen), tok.encode_responses(rejected))]
+    skip = set(too_long(tok.encode_prompts(prompts), longer, block_size))
+    return [i for i in range(len(prompts)) if i not in skip]
+
+
+def score_texts(rm, tok, prompts: list[str], responses: list[str], batch_size: int = 64, device=None):
+    """RM scores of N (prompt, response) texts, encoded with the template (score_ids). -> (N,) on the CPU.
+    Texts that were sampled have their ids already: score_rollout scores those exactly."""
+    return score_ids(rm, tok.encode_prompts(prompts), tok.encode_responses(responses), tok.pad_id, batch_size, device)
+
+
+def score_rollout(rm, tok, roll, batch_size: int = 64):
+    """RM scores of a Rollout's own token ids, not of its decoded texts (which can re-encode to other, even more,
+    ids: a byte token that is not valid UTF-8 decodes to U+FFFD). A response cut at max_new_tokens gets the EOS
+    the RM saw in training when it still fits the RM's context. -> (B,) on the CPU."""
+    prompts, responses = rollout_ids(roll)
+    for i, stopped in enumerate(roll.stopped.tolist()):
+        if not stopped and len(prompts[i]) + len(responses[i]) < rm.config.block_size:
+            responses[i].append(tok.eos_id)
+    return score_ids(rm, prompts, responses, tok.pad_id, batch_size)
+
+
+def rollout_ids(roll) -> tuple[list[list[int]], list[list[int]]]:
+    """A Rollout's rows as id lists without padding: (prompt ids ending with SEP, response ids up to and including
+    EOS, or every sampled token of a response that never stopped)."""
+    q, qm = roll.query_ids.cpu(), roll.query_mask.cpu().bool()
+    r, rm = roll.response_ids.cpu(), roll.response_mask.cpu().bool()
+    return [row[m].tolist() for row, m in zip(q, qm)], [row[m].tolist() for row, m in zip(r, rm)]
 
 
 def _acc(correct):

@@ -145,7 +145,9 @@ def read_metrics(path) -> list[dict]:
 def run_cli(main) -> None:
     """Run a script's main(): a bad input (the project's errors are all ValueErrors: DataError,
     CheckpointError, RunDirError, a task's or a model's refusal) ends with one line "error: ..." and exit
-    status 1 instead of a traceback; Ctrl-C says where to resume. RLHF_DEBUG=1 shows the traceback."""
+    status 1 instead of a traceback, and so does any OSError, TypeError, KeyError, IndexError, OverflowError,
+    MemoryError or RuntimeError (CUDA out of memory among them); Ctrl-C says where to resume. RLHF_DEBUG=1 shows
+    the traceback."""
     import sys
     try:
         main()
@@ -161,6 +163,12 @@ def run_cli(main) -> None:
         sys.exit(f"error: CUDA out of memory ({str(e).splitlines()[0]}); lower --batch-size (evaluations and sampling: "
                  "--batch-size, --n-eval or --max-new-tokens), or add --grad-checkpoint to training; checkpoints already "
                  "written are intact")
+    except (OSError, TypeError, KeyError, IndexError, OverflowError, MemoryError, RuntimeError) as e:
+        # what the checks above did not foresee (a full disk, a path through a file, an absurd size): still one line,
+        # with what Python says (an OSError names its path); RLHF_DEBUG=1 shows where it came from
+        if os.environ.get("RLHF_DEBUG"):
+            raise
+        sys.exit(f"error: {type(e).__name__}: {e} (RLHF_DEBUG=1 shows the traceback); finished checkpoints and files are intact")
     finally:
         distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
 

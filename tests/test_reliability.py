@@ -610,3 +610,42 @@ def test_fuzz_every_reader_raises_only_data_error(tmp_path):
                 assert rows[-1] == {"prompt": "p", "responses": ["a"], "rewards": [1.0]}
     check()
     assert sum(fed) >= 3000, sum(fed)
+
+
+# ---- inputs that are not what they claim ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_data_file_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path, kind):
+    """A FIFO would block in open() forever and /dev/zero would read forever: both are refused before reading."""
+    path = {"fifo": tmp_path / "prompts.jsonl", "device": "/dev/zero", "directory": tmp_path / "d"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    if kind == "directory":
+        path.mkdir()
+    what = {"fifo": "a FIFO", "device": "a device or another special file", "directory": "a directory"}[kind]
+    for read in (lambda p: read_jsonl(p, "prompts"), read_json):
+        with pytest.raises(DataError, match=f"^{path}: is {what}, not a regular file$"):
+            read(path)
+
+
+def test_a_swapped_tokenizer_or_nan_weights_are_refused_at_load(algo, tmp_path):
+    from rlhf.checkpoint import load_model
+    shutil.copytree(algo / "sft" / "ckpt", tmp_path / "ckpt")
+    other = Tokenizer.train(["another corpus entirely, with its own merges"] * 20, vocab_size=300)
+    (tmp_path / "ckpt" / "tokenizer.json").write_text(other.to_json(), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"tokenizer.json is not the tokenizer these weights were trained with"):
+        load_model(tmp_path / "ckpt", "policy")
+    state, config = load_checkpoint(algo / "sft" / "ckpt")
+    state["h.0.attn.c_attn.weight"][0, 0] = float("inf")
+    save_checkpoint(tmp_path / "inf", state, config, "policy")
+    with pytest.raises(CheckpointError, match=r"parameter 'h.0.attn.c_attn.weight' holds NaN or inf values"):
+        load_checkpoint(tmp_path / "inf")
+
+
+def test_an_os_error_ends_with_one_line(algo, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    p = run("train_sft.py", "--preset", "smoke", "--data", str(algo / "data"), "--out", str(tmp_path / "afile" / "run"), check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "afile" in last and "RLHF_DEBUG=1 shows the traceback" in last, last

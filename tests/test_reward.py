@@ -89,6 +89,36 @@ def test_score_texts_batched_equals_one_by_one():
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
+def test_score_rollout_reads_the_sampled_ids_even_when_they_are_not_utf8():
+    """The RM's input rows are the sampled ids themselves (prompt, SEP, response up to EOS; EOS added to a response
+    cut at max_new_tokens), never a re-encoding of the decoded text: a lone UTF-8 lead byte decodes to U+FFFD,
+    which re-encodes to other ids."""
+    from rlhf.model import GPTConfig, ScalarModel
+    from rlhf.reward import score_rollout
+    from rlhf.sampling import Rollout
+    from rlhf.tokenizer import Tokenizer
+    tok = Tokenizer.train(["a b c d e f g ."] * 20, vocab_size=300)
+    rm = ScalarModel(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    lead = tok.tk.token_to_id("Ã")  # the byte-level token of byte 0xC3, a UTF-8 lead byte with no continuation
+    a, b = tok.encode(" a"), tok.encode(" b")
+    P, pad = tok.pad_id, tok.pad_id
+    q = torch.tensor([[P, P, *a, tok.sep_id], [*a, *b, *a, tok.sep_id]])  # left-padded prompts
+    qm = (q != pad).float()
+    r = torch.tensor([[*b, lead, lead, tok.eos_id, pad], [lead, *a, lead, lead, lead]])  # row 1 never stops
+    rmask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.float)
+    roll = Rollout(["a", "a b a"], [tok.decode_response(x) for x in r.tolist()], q, qm, r, rmask, torch.tensor([True, False]))
+    assert "\ufffd" in roll.texts[0]  # the decoded text has lost the bytes
+    seen, real = [], rm.score
+
+    def recording_score(ids, mask):  # the rows the RM is given, padding removed
+        seen.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
+        return real(ids, mask)
+    rm.score = recording_score
+    score_rollout(rm, tok, roll)
+    assert seen[0] == [*a, tok.sep_id, *b, lead, lead, tok.eos_id]
+    assert seen[1] == [*a, *b, *a, tok.sep_id, lead, *a, lead, lead, lead, tok.eos_id]  # cut: EOS appended
+
+
 def test_weak_rm_warning():
     from rlhf.reward import weak_rm_warning
     assert weak_rm_warning({"rm/gold_accuracy": 0.69, "rm/length_rule_gold_accuracy": 0.50}) is None

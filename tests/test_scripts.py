@@ -162,8 +162,10 @@ def test_ppo_resume_matches_uninterrupted_and_shared_value_head(algo, tmp_path):
     assert "ppo/val/var_explained" in full[-1]
 
 
-def test_ppo_non_finite_reward_stops_and_keeps_last_checkpoint(algo, tmp_path):
-    """An RM that returns NaN: the run stops naming the iteration; the checkpoint before it stays loadable."""
+def test_ppo_refuses_an_rm_with_nan_weights_and_keeps_last_checkpoint(algo, tmp_path):
+    """An RM whose weights hold NaN is refused at load, naming the file and the parameter (a NaN score mid-run is
+    stopped naming the iteration: test_reliability.py::test_ppo_non_finite_stage_stops_and_keeps_last_checkpoint);
+    the run's checkpoint stays loadable."""
     import torch
     from rlhf.checkpoint import load_checkpoint, load_tokenizer_json, save_checkpoint
     state, config = load_checkpoint(algo / "rm" / "ckpt", expected_kind="rm")
@@ -173,6 +175,7 @@ def test_ppo_non_finite_reward_stops_and_keeps_last_checkpoint(algo, tmp_path):
               "--value-init", "sft", "--ckpt-every", "1", "--eval-every", "100", "--out", str(tmp_path / "ppo")]
     run(*common, "--rm", str(algo / "rm" / "ckpt"), "--steps", "2")
     p = run(*common, "--rm", str(tmp_path / "nan_rm"), "--steps", "4", "--resume", check=False)
-    assert p.returncode != 0 and "non-finite scores at iteration 3" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"error: {tmp_path / 'nan_rm' / 'model.safetensors'}: parameter 'head.bias' holds NaN or inf values; this checkpoint cannot be used"
     assert json.loads((tmp_path / "ppo" / "ckpt" / "state.json").read_text())["step"] == 2
     load_checkpoint(tmp_path / "ppo" / "ckpt", expected_kind="policy")
