@@ -474,8 +474,12 @@ def test_resume_without_state_or_with_corrupt_metrics(algo, tmp_path):
 
 
 def _with_other_tokenizer(ckpt):
+    """Make `ckpt` a checkpoint of another tokenizer, consistent in itself (its config.json records the new
+    fingerprint: a swapped tokenizer.json alone is refused at load, test_a_swapped_tokenizer_or_nan_weights_...)."""
     other = Tokenizer.train(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=300)
     (ckpt / "tokenizer.json").write_text(other.to_json())
+    config = read_json(ckpt / "config.json")
+    (ckpt / "config.json").write_text(json.dumps({**config, "tokenizer": other.fingerprint}))
     return other.fingerprint
 
 
