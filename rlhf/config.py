@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import operator
 import types
 import typing
@@ -84,6 +85,8 @@ def _check(name: str, value, meta: dict) -> str | None:
     for v in (value if isinstance(value, list) else [value]):
         if v is None:
             continue
+        if isinstance(v, float) and not math.isfinite(v):  # "inf" and "nan" parse as floats; no flag means them
+            return f"{_flag(name)} must be a finite number (got {v})"
         choices = meta.get("choices")
         if choices is not None and v not in choices:
             return f"{_flag(name)} must be one of: {', '.join(map(str, choices))} (got {v!r})"

@@ -24,7 +24,37 @@ from rlhf.device import resolve_device, resolve_dtype
 
 
 class RunDirError(ValueError):
-    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+    """The run directory already holds a run and neither resume nor overwrite was asked for, or another process
+    is writing it."""
+
+
+LOCK = ".lock"  # inside every run directory: an OS file lock held by the one process that writes it
+_held_locks = []  # open lock files, kept until the process ends (the OS releases them then, even after SIGKILL)
+
+
+def lock_run_dir(path) -> None:
+    """Take an exclusive lock on the run directory (creating it) for the rest of this process, so a second writer
+    (say, --resume started while the run still trains) is refused instead of interleaving metrics.jsonl or racing
+    for the checkpoint. The lock is flock(2) on <path>/.lock: released by the OS when the process ends, however it
+    ends, so a killed run never leaves a stale lock."""
+    import fcntl
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunDirError(f"{path} exists and is not a directory")
+    p.mkdir(parents=True, exist_ok=True)
+    f = open(p / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise RunDirError(f"{path} is being written by another running process (pid {holder}); wait for it to end, "
+                          "or choose another --out") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held_locks.append(f)
 
 
 # ---- run directories, seeding ------------------------------------------------------------------
@@ -40,7 +70,7 @@ def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) ->
         raise RunDirError("pass only one of --resume and --overwrite")
     if p.exists() and not p.is_dir():
         raise RunDirError(f"{path} exists and is not a directory")
-    existing = sorted(os.listdir(p)) if p.is_dir() else []
+    existing = sorted(n for n in os.listdir(p) if n != LOCK) if p.is_dir() else []  # the lock is not a run's file
     if existing and not (resume or overwrite):
         shown = ", ".join(existing[:5]) + (", ..." if len(existing) > 5 else "")
         raise RunDirError(f"{path} already holds a run ({shown}); pass --resume to continue it "
@@ -202,6 +232,7 @@ def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool, torch.device]:
     ckpt = out / ckpt_name
     resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
     if distributed.is_main():
+        lock_run_dir(out)  # before anything in it is read, wiped or written
         prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
     distributed.barrier()  # the others wait until rank 0 has checked (or cleared) the run directory
     seed_everything(distributed.rank_seed(args.seed))

@@ -375,6 +375,10 @@ FLAG_CASES = [  # (script, flags, message): each exits with status 2 before any 
     (prepare_data, ["--n-sft", "0"], "--n-sft must be >= 1 (got 0)"),
     (prepare_data, ["--task", "chess"], "--task must be one of: story, algo (got 'chess')"),
     (prepare_data, ["--flip-rate", "0.7"], "--flip-rate must be <= 0.5 (got 0.7)"),
+    (train_ppo, ["--lr", "inf"], "--lr must be a finite number (got inf)"),
+    (train_ppo, ["--kl-coef", "nan"], "--kl-coef must be a finite number (got nan)"),
+    (train_rm, ["--epochs", "inf"], "--epochs must be a finite number (got inf)"),
+    (train_ppo, ["--reward-clip", "inf"], "--reward-clip must be a finite number (got inf)"),
 ]
 
 
@@ -653,3 +657,23 @@ def test_an_os_error_ends_with_one_line(algo, tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "afile" in last and "RLHF_DEBUG=1 shows the traceback" in last, last
+
+
+def test_one_writer_per_run_directory_and_no_stale_lock_after_sigkill(algo, tmp_path):
+    """A second process on a run directory that is being written (e.g. --resume while the run still trains) is
+    refused with one line naming the holder; once the first is SIGKILLed the OS has released the lock."""
+    out = tmp_path / "sft"
+    common = ["train_sft.py", "--preset", "smoke", "--data", str(algo / "data"), "--out", str(out), "--n-eval", "0",
+              "--ckpt-every", "10", "--threads", "1"]
+    first = popen(*common)
+    deadline = time.time() + 180
+    while time.time() < deadline and first.poll() is None and state_step(out / "ckpt") < 10:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first run ended before a second could be started"
+    p = run(*common, "--resume", check=False)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"error: {out} is being written by another running process (pid {first.pid}); " \
+                               "wait for it to end, or choose another --out"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    run(*common, "--resume", "--steps", str(state_step(out / "ckpt") + 2))  # no stale lock: the resume proceeds
