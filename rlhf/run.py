@@ -29,7 +29,7 @@ class RunDirError(ValueError):
 
 
 LOCK = ".lock"  # inside every run directory: an OS file lock held by the one process that writes it
-_held_locks = []  # open lock files, kept until the process ends (the OS releases them then, even after SIGKILL)
+_held_locks: dict = {}  # run directory -> its open lock file, kept until the process ends (released by the OS then)
 
 
 def lock_run_dir(path) -> None:
@@ -42,6 +42,9 @@ def lock_run_dir(path) -> None:
     if p.exists() and not p.is_dir():
         raise RunDirError(f"{path} exists and is not a directory")
     p.mkdir(parents=True, exist_ok=True)
+    key = str(p.resolve())
+    if key in _held_locks:  # this process holds it already (a script's main() called twice in one process)
+        return
     f = open(p / LOCK, "a+", encoding="utf-8")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -54,10 +57,16 @@ def lock_run_dir(path) -> None:
     f.truncate(0)
     f.write(f"{os.getpid()}\n")
     f.flush()
-    _held_locks.append(f)
+    _held_locks[key] = f
 
 
 # ---- run directories, seeding ------------------------------------------------------------------
+
+def release_run_dirs() -> None:
+    """Give up every run-directory lock this process holds (run_cli does at the end of a script)."""
+    while _held_locks:
+        _held_locks.popitem()[1].close()
+
 
 def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) -> Path:
     """Create the run directory and write config.json into it (atomically).
@@ -201,6 +210,7 @@ def run_cli(main) -> None:
         sys.exit(f"error: {type(e).__name__}: {e} (RLHF_DEBUG=1 shows the traceback); finished checkpoints and files are intact")
     finally:
         distributed.cleanup()  # leave a torchrun process group (nothing to do in a single process)
+        release_run_dirs()
 
 
 def _start(args) -> torch.device:

@@ -69,7 +69,7 @@ def test_limits_exit_2_with_message(capsys):
     expect_exit(capsys, ["--batch-size", "-3"], "--batch-size must be >= 1 (got -3)")
     expect_exit(capsys, ["--lr", "0"], "--lr must be > 0 (got 0.0)")
     expect_exit(capsys, ["--lr", "-1"], "--lr must be > 0 (got -1.0)")
-    expect_exit(capsys, ["--lr", "nan"], "--lr must be > 0 (got nan)")
+    expect_exit(capsys, ["--lr", "nan"], "--lr must be a finite number (got nan)")
     expect_exit(capsys, ["--cliprange", "1.5"], "--cliprange must be <= 1 (got 1.5)")
     expect_exit(capsys, ["--kl-estimator", "k9"], "--kl-estimator must be one of: k1, k2, k3, abs (got 'k9')")
     expect_exit(capsys, ["--max-steps", "0"], "--max-steps must be >= 1 (got 0)")
