@@ -139,7 +139,16 @@ def _read_state(path) -> dict:
     d = _resolve(path)
     if not (d / "state.json").is_file():
         raise CheckpointError(f"{d}: no state.json (saved without training state, so it cannot be resumed)")
-    return load_json(d, "state")
+    state = load_json(d, "state")
+    step, rng = state.get("step"), state.get("rng")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{d / 'state.json'}: field 'step': expected a non-negative integer, got {step!r}")
+    if not isinstance(rng, dict) or not all(k in rng for k in ("python", "numpy", "torch")):
+        raise CheckpointError(f"{d / 'state.json'}: field 'rng': expected the RNG states (python, numpy, torch), got "
+                              f"{type(rng).__name__}")
+    if not isinstance(state.get("optimizers", {}), dict):
+        raise CheckpointError(f"{d / 'state.json'}: field 'optimizers': expected an object")
+    return state
 
 
 def load_train_state(path) -> dict:

@@ -19,7 +19,7 @@ import torch
 
 from rlhf import distributed
 from rlhf.config import config_to_dict, print_config
-from rlhf.data import DataError, read_objects, write_json, write_jsonl
+from rlhf.data import DataError, read_json, read_objects, write_json, write_jsonl
 from rlhf.device import resolve_device, resolve_dtype
 
 
@@ -61,6 +61,32 @@ def lock_run_dir(path) -> None:
 
 
 # ---- run directories, seeding ------------------------------------------------------------------
+
+# what --resume may change: the length of the run (upwards), its evaluation, logging and checkpoint cadence, and
+# where and how fast it computes; every other flag is part of the run's identity
+RESUME_MAY_CHANGE = {"steps", "eval_every", "n_eval", "log_every", "sample_every", "ckpt_every", "max_val_pairs",
+                     "threads", "device", "compile", "grad_checkpoint", "resume", "overwrite", "out"}
+
+
+def check_resume(out: Path, args, ckpt: Path) -> None:
+    """Refuse a --resume whose flags change the run's identity (naming each flag, old and new value), or whose
+    --steps is below the checkpoint's step; the saved config.json is the run's own, written when it started."""
+    from rlhf.resume import load_train_state
+    saved_path = out / "config.json"
+    if not saved_path.is_file():
+        return  # a run directory from before config.json was written: nothing to compare with
+    saved, new = read_json(saved_path), config_to_dict(args)
+    changed = [k for k in new if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != new[k]]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {new[k]!r} (the run has {saved[k]!r})" for k in changed[:6])
+        raise RunDirError(f"--resume of {out} with other settings than it was started with: {shown}; only --steps "
+                          "(upwards), the evaluation, logging and checkpoint cadence, --threads, --device, --compile and "
+                          "--grad-checkpoint may change. Start a new run (another --out, or --overwrite) instead")
+    step = load_train_state(ckpt).get("step") if (ckpt.exists() or Path(f"{ckpt}.old").exists()) else None
+    if isinstance(step, int) and hasattr(args, "steps") and args.steps < step:
+        raise RunDirError(f"--resume with --steps {args.steps}, but the checkpoint in {out} is at step {step}; "
+                          f"pass --steps {step} or more")
+
 
 def release_run_dirs() -> None:
     """Give up every run-directory lock this process holds (run_cli does at the end of a script)."""
@@ -243,6 +269,8 @@ def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool, torch.device]:
     resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
     if distributed.is_main():
         lock_run_dir(out)  # before anything in it is read, wiped or written
+        if resuming:
+            check_resume(out, args, ckpt)
         prepare_run_dir(out, args, resume=args.resume, overwrite=args.overwrite)
     distributed.barrier()  # the others wait until rank 0 has checked (or cleared) the run directory
     seed_everything(distributed.rank_seed(args.seed))

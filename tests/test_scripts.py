@@ -174,7 +174,7 @@ def test_ppo_refuses_an_rm_with_nan_weights_and_keeps_last_checkpoint(algo, tmp_
     common = ["train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
               "--value-init", "sft", "--ckpt-every", "1", "--eval-every", "100", "--out", str(tmp_path / "ppo")]
     run(*common, "--rm", str(algo / "rm" / "ckpt"), "--steps", "2")
-    p = run(*common, "--rm", str(tmp_path / "nan_rm"), "--steps", "4", "--resume", check=False)
+    p = run(*common[:-2], "--out", str(tmp_path / "ppo_nan"), "--rm", str(tmp_path / "nan_rm"), "--steps", "4", check=False)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip() == f"error: {tmp_path / 'nan_rm' / 'model.safetensors'}: parameter 'head.bias' holds NaN or inf values; this checkpoint cannot be used"
     assert json.loads((tmp_path / "ppo" / "ckpt" / "state.json").read_text())["step"] == 2
