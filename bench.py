@@ -30,14 +30,13 @@ from __future__ import annotations
 import json
 import resource
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rlhf.config import arg, parse_args
-from rlhf.device import resolve_device
+from rlhf.device import clock, resolve_device
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
 from rlhf.optim import make_optimizer
 from rlhf.ppo import gae, shaped_rewards, whiten
@@ -97,15 +96,6 @@ def parse():
     return parse_args(Args, description=__doc__.split("\n")[0])
 
 
-def timer(device):
-    """A clock that waits for queued GPU work before reading the time."""
-    def now():
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter()
-    return now
-
-
 def matmul_peak(device, dtype, now):
     """FLOP/s of large square matmuls on all threads, the best of two sizes: the practical ceiling that MFU is
     measured against on CPU."""
@@ -139,7 +129,7 @@ def build(a, s):
     """Models, optimisers and batches for every stage; returns {stage: callable} where each callable runs the
     stage once and returns its time (or a dict of sub-stage times for the PPO iteration)."""
     torch.manual_seed(a.seed)
-    dev, now = a.device, timer(a.device)
+    dev, now = a.device, clock(a.device)
     resolve_device(dev)  # on CUDA: TF32 matmuls allowed, as in the training scripts
     cfg = GPTConfig(vocab_size=s["vocab_size"], block_size=s["block_size"], n_layer=s["n_layer"], n_head=s["n_head"], n_embd=s["n_embd"])
     policy, ref, sft_model = GPT(cfg).to(dev), GPT(cfg).to(dev).eval(), GPT(cfg).to(dev)

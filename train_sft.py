@@ -173,7 +173,7 @@ def main(argv=None):
                 local = sft_loss(logits, ids, rmask) * share * weight
                 local.backward()
                 loss = loss + local.detach()
-                tokens += int(distributed.all_reduce_sum(mask.sum()))
+        tokens += int(distributed.all_reduce_sum(sum(mask.sum() for _, mask, _ in micro)))  # every rank's tokens
         loss = distributed.all_reduce_mean(loss)  # the global batch's loss (the local one in one process)
         if not torch.isfinite(loss):  # before the optimiser step: the weights never see it
             raise SystemExit(f"error: SFT loss is {loss.item()} at step {step + 1}; {last_good(ckpt)}")

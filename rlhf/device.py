@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 
 import torch
 
@@ -86,11 +87,13 @@ def oom_guard(stage, batch: str, ckpt):
                          f"{last_good(ckpt)}") from None
 
 
-def clock(device: torch.device):
-    """time.time() that first waits for the GPU's queued work, so per-stage timings on CUDA are real."""
+def clock(device):
+    """A clock for intervals (time.perf_counter) that first waits for the GPU's queued work, so per-stage timings on
+    CUDA are real. Shared by train_ppo.py and bench.py."""
+    device = torch.device(device)
+
     def now() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        import time
-        return time.time()
+        return time.perf_counter()
     return now

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from rlhf import distributed
 from rlhf.config import config_to_dict, print_config
 from rlhf.data import DataError, read_json, read_objects, write_json, write_jsonl
 from rlhf.device import resolve_device, resolve_dtype
+from rlhf.resume import load_train_state
 
 
 class RunDirError(ValueError):
@@ -37,7 +39,6 @@ def lock_run_dir(path) -> None:
     (say, --resume started while the run still trains) is refused instead of interleaving metrics.jsonl or racing
     for the checkpoint. The lock is flock(2) on <path>/.lock: released by the OS when the process ends, however it
     ends, so a killed run never leaves a stale lock."""
-    import fcntl
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise RunDirError(f"{path} exists and is not a directory")
@@ -71,7 +72,6 @@ RESUME_MAY_CHANGE = {"steps", "eval_every", "n_eval", "log_every", "sample_every
 def check_resume(out: Path, args, ckpt: Path) -> None:
     """Refuse a --resume whose flags change the run's identity (naming each flag, old and new value), or whose
     --steps is below the checkpoint's step; the saved config.json is the run's own, written when it started."""
-    from rlhf.resume import load_train_state
     saved_path = out / "config.json"
     if not saved_path.is_file():
         return  # a run directory from before config.json was written: nothing to compare with
