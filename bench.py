@@ -74,11 +74,11 @@ class Args:
     dtype: str = arg("fp32", "bf16: autocast on the forwards (log-probs, ratios and losses stay fp32)", choices=list(DTYPES))
     compile: bool = arg(False, "torch.compile the transformer blocks (rlhf.precision)")
     grad_checkpoint: bool = arg(False, "activation checkpointing of the blocks in every training forward (memory against time)")
-    repeats: int = arg(5, "timed rounds after one warm-up round", ge=1)
+    repeats: int = arg(5, "timed rounds after one warm-up round", ge=1, le=10**6)
     stages: str = arg("all", f"comma-separated subset of: {','.join(STAGES)} (hf only with --compare-hf)")
     compare_hf: bool = arg(False, "also time HF transformers' GPT-2 generate on the same batch")
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
-    seed: int = arg(0, "fixes the random weights, inputs and sampling")
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0, le=4096)
+    seed: int = arg(0, "fixes the random weights, inputs and sampling", ge=0, le=2**32 - 1)
     json: str | None = arg(None, "also write every figure to this JSON file")
 
     def __post_init__(self):  # parse_args turns a ValueError here into argparse's status-2 message

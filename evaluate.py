@@ -26,7 +26,7 @@ from rlhf import tasks
 from rlhf.checkpoint import load_model
 from rlhf.config import DeviceArgs, arg, config_to_dict, parse_args
 from rlhf.run import run_cli, start_script
-from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
+from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
 from rlhf.device import peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.precision import autocast
@@ -35,17 +35,17 @@ from rlhf.sampling import check_prompts_fit
 
 @dataclass
 class Args(DeviceArgs):
-    policy: str = arg("runs/ppo/ckpt", "policy checkpoint to evaluate")
-    reference: str | None = arg("runs/sft/ckpt", "reference policy (win rate and KL are against it; none: skip both)")
-    rm: str | None = arg(None, "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n")
-    data: str = arg("data/story", "directory with prompts_eval.jsonl and meta.json (the gold judge)")
-    prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl")
-    n_eval: int = arg(400, "evaluate the first N prompts", ge=1)
+    policy: str = arg("runs/ppo/ckpt", "policy checkpoint to evaluate", reads=True)
+    reference: str | None = arg("runs/sft/ckpt", "reference policy (win rate and KL are against it; none: skip both)", reads=True)
+    rm: str | None = arg(None, "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n", reads=True)
+    data: str = arg("data/story", "directory with prompts_eval.jsonl and meta.json (the gold judge)", reads=True)
+    prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl", reads=True)
+    n_eval: int = arg(400, "evaluate the first N prompts", ge=1, le=10**7)
     temperature: float = arg(0.7, "sampling temperature", gt=0.0)
-    max_new_tokens: int | None = arg(None, "longest response (default: context minus the longest prompt, at most 96)", ge=1)
-    best_of_n: int = arg(1, "sample N per prompt and keep the RM's favourite (needs --rm)", ge=1)
-    seed: int = arg(0, "sampling seed (the reference uses seed + 1)")
-    batch_size: int = arg(64, "prompts per generate / scoring call", ge=1)
+    max_new_tokens: int | None = arg(None, "longest response (default: context minus the longest prompt, at most 96)", ge=1, le=65536)
+    best_of_n: int = arg(1, "sample N per prompt and keep the RM's favourite (needs --rm)", ge=1, le=4096)
+    seed: int = arg(0, "sampling seed (the reference uses seed + 1)", ge=0, le=2**32 - 1)
+    batch_size: int = arg(64, "prompts per generate / scoring call", ge=1, le=2**20)
     out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
     name: str | None = arg(None, "row label in the table (default: the policy path)")
 
@@ -58,7 +58,9 @@ def fmt(m: dict, key: str, digits: int = 3) -> str:
 def main(argv=None):
     # 1. arguments, seeding
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
-    dev = start_script(args)
+    out = Path(args.out)
+    samples_path = out.with_name(out.stem + ".samples.jsonl")
+    dev = start_script(args, writes=[out, samples_path])
     name = args.name or args.policy
 
     # 2. models: the policy, its reference and the RM must share one tokenizer
@@ -89,6 +91,8 @@ def main(argv=None):
     task = tasks.task_from_meta(meta)
     if task is None:
         print("no gold judge for this data (no meta.json): reporting RM-based figures only")
+    else:  # prompts outside the task's grammar: left out of the gold figures, said up front
+        tasks.known_rows(task, prompts, lambda i: record_location(prompts_path, i))
     longest = max(len(ids) for ids in tok.encode_prompts(prompts))
     max_new = args.max_new_tokens or min(96, policy.config.block_size - longest)
     check_prompts_fit(tok, prompts, policy.config.block_size, max(max_new, 1), prompts_path)  # names the file and line
@@ -102,9 +106,9 @@ def main(argv=None):
     metrics.update(peak_memory(dev))
 
     # 5. write the samples, then the metrics (each atomically; a metrics file on disk means a finished evaluation)
-    out = Path(args.out)
-    samples_path = out.with_name(out.stem + ".samples.jsonl")
     key = "gold" if task is not None else ("proxy" if rm is not None else None)
+    if key == "gold" and "gold/left_out" in metrics:  # some prompts have no gold score: rows without rewards
+        key = None
     write_jsonl(samples_path, [{"prompt": s["prompt"], "responses": [s["response"]],
                                 "rewards": [s[key]] if key else [],
                                 **{k: v for k, v in s.items() if k not in ("prompt", "response")}} for s in samples],

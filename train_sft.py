@@ -25,47 +25,54 @@ from tqdm import tqdm
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_tokenizer
 from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
-from rlhf.run import MetricsWriter, run_cli, start_run
-from rlhf.data import read_json, read_jsonl, write_json, write_jsonl
-from rlhf.device import oom_guard, peak_memory
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
+from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.gpt2 import load_gpt2
 from rlhf.model import GPT, GPTConfig
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.sampling import sample
+from rlhf.sampling import check_prompts_fit, sample
 from rlhf.sft import join_prompt_response, sft_loss
 from rlhf.tokenizer import Tokenizer, too_long
 
 
 @dataclass
 class Args(TrainArgs):
-    data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)")
+    data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
     out: str = arg("runs/sft", "run directory")
     preset: str = arg("tiny", "size preset; explicit flags override it")
-    seed: int = arg(0, "fixes initialisation, data order, dropout and sampling")
-    init_from: str | None = arg(None, "start from a GPT-2-format model: a directory with model.safetensors and tokenizer.json (rlhf/gpt2.py); its sizes and tokenizer replace --vocab-size, --n-layer, --n-head, --n-embd")
-    vocab_size: int = arg(1024, "BPE vocabulary size (specials and 256 bytes included)", ge=260)
-    n_layer: int = arg(4, "transformer blocks", ge=1)
-    n_head: int = arg(4, "attention heads", ge=1)
-    n_embd: int = arg(256, "model width", ge=1)
-    block_size: int = arg(128, "context length (prompt + response tokens)", ge=8)
+    seed: int = arg(0, "fixes initialisation, data order, dropout and sampling", ge=0, le=2**32 - 1)
+    init_from: str | None = arg(None, "start from a GPT-2-format model: a directory with model.safetensors and tokenizer.json (rlhf/gpt2.py); its sizes and tokenizer replace --vocab-size, --n-layer, --n-head, --n-embd", reads=True)
+    vocab_size: int = arg(1024, "BPE vocabulary size (specials and 256 bytes included)", ge=260, le=2**20)
+    n_layer: int = arg(4, "transformer blocks", ge=1, le=512)
+    n_head: int = arg(4, "attention heads", ge=1, le=512)
+    n_embd: int = arg(256, "model width", ge=1, le=65536)
+    block_size: int = arg(128, "context length (prompt + response tokens)", ge=8, le=65536)
     dropout: float = arg(0.0, "dropout probability", ge=0.0, le=0.99)
-    steps: int = arg(340, "optimiser steps", ge=1)
-    batch_size: int = arg(64, "sequences per forward (per rank under torchrun); a step sees grad_accum of them", ge=1)
-    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1)
+    steps: int = arg(340, "optimiser steps", ge=1, le=10**9)
+    batch_size: int = arg(64, "sequences per forward (per rank under torchrun); a step sees grad_accum of them", ge=1, le=2**20)
+    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1, le=65536)
     lr: float = arg(1e-3, "peak learning rate", gt=0.0)
     lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
-    warmup_steps: int = arg(20, "linear warm-up steps", ge=0)
+    warmup_steps: int = arg(20, "linear warm-up steps", ge=0, le=10**9)
     weight_decay: float = arg(0.1, "AdamW weight decay on matrices", ge=0.0)
     grad_clip: float = arg(1.0, "clip the global gradient norm (0: off)", ge=0.0)
     ckpt_every: int = arg(100, "save a resumable checkpoint every N steps", ge=1)
     log_every: int = arg(10, "print a status line every N steps", ge=1)
-    n_eval: int = arg(200, "eval prompts sampled at the end (0: skip)", ge=0)
-    max_new_tokens: int = arg(96, "longest sampled response", ge=1)
+    n_eval: int = arg(200, "eval prompts sampled at the end (0: skip)", ge=0, le=10**7)
+    max_new_tokens: int = arg(96, "longest sampled response", ge=1, le=65536)
     temperature: float = arg(0.7, "sampling temperature for the final evaluation", ge=0.0)
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
+
+
+    def __post_init__(self):  # flag relations, checked before any work (parse_args turns this into a usage error)
+        if self.max_new_tokens >= self.block_size:
+            raise ValueError(f"--max-new-tokens {self.max_new_tokens} leaves no room for a prompt in --block-size {self.block_size}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"--n-embd {self.n_embd} must be divisible by --n-head {self.n_head}")
 
 
 PRESETS = {
@@ -88,6 +95,8 @@ def main(argv=None):
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
     out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
+    if resuming and run_finished(out, ckpt, args.steps, "eval.json"):
+        return
 
     # 2. data and tokenizer (trained on the demonstrations; a resumed run reuses the saved one)
     data = Path(args.data)
@@ -126,12 +135,20 @@ def main(argv=None):
         permutation seeded by (seed, e), read in order."""
         return [epoch_order(pos // N)[pos % N] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
 
+    # the final evaluation's prompts must leave room for --max-new-tokens: checked now, not after training
+    eval_path = data / "prompts_eval.jsonl"
+    eval_prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts")][:args.n_eval] if args.n_eval and eval_path.exists() else []
+    if eval_prompts:
+        check_prompts_fit(tok, eval_prompts, pretrained.config.block_size if pretrained else args.block_size,
+                          args.max_new_tokens, eval_path)
+
     # 3. model and optimiser
     if pretrained is not None:
         model, mcfg = pretrained, pretrained.config
     else:
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                          n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
+        check_memory(mcfg.training_bytes(args.batch_size), dev, "--vocab-size, --n-layer, --n-embd, --block-size and --batch-size")
         model = GPT(mcfg)
     model.to(dev)
     model.grad_checkpoint = args.grad_checkpoint
@@ -195,10 +212,9 @@ def main(argv=None):
 
     # 5. evaluate: sample the held-out prompts, score with the gold judge
     report = {"steps": args.steps, "train_seconds": train_time, "tokens_per_s": tokens / max(train_time, 1e-9), **peak_memory(dev)}
-    eval_path = data / "prompts_eval.jsonl"
-    if args.n_eval and eval_path.exists():
+    if eval_prompts:
         model.eval()
-        prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts")][:args.n_eval]
+        prompts = eval_prompts
         gen = torch.Generator(dev).manual_seed(args.seed)
         with autocast(args.dtype, dev):
             roll = sample(model, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=gen)
@@ -206,14 +222,18 @@ def main(argv=None):
         report.update({"eval/n": len(prompts), "eval/length": lengths.mean().item(),
                        "eval/stopped": roll.stopped.float().mean().item()})
         samples = [{"prompt": p, "responses": [t], "rewards": []} for p, t in zip(prompts, roll.texts)]
-        if task is not None:
-            gold = [task.gold(p, t) for p, t in zip(prompts, roll.texts)]
-            demo = [task.gold(p, task.demonstration(p, random.Random(i))) for i, p in enumerate(prompts)]
-            ref = [task.gold(p, task.reference(p)) for p in prompts]
+        known = tasks.known_rows(task, prompts, lambda i: record_location(eval_path, i)) if task is not None else []
+        if known:  # the gold judge on the prompts in the task's grammar
+            gold = [task.gold(prompts[i], roll.texts[i]) for i in known]
+            demo = [task.gold(prompts[i], task.demonstration(prompts[i], random.Random(i))) for i in known]
+            ref = [task.gold(prompts[i], task.reference(prompts[i])) for i in known]
             report.update({"gold/score": sum(gold) / len(gold), "gold/demonstration": sum(demo) / len(demo),
-                           "gold/reference": sum(ref) / len(ref)})
-            samples = [{**s, "rewards": [g]} for s, g in zip(samples, gold)]
-        write_jsonl(out / "samples.jsonl", samples, kind="samples" if task is not None else None)  # no gold: no rewards
+                           "gold/reference": sum(ref) / len(ref)} | ({"gold/left_out": len(prompts) - len(known)}
+                                                                    if len(known) < len(prompts) else {}))
+            for i, g in zip(known, gold):
+                samples[i]["rewards"] = [g]
+        scored = bool(known) and len(known) == len(prompts)
+        write_jsonl(out / "samples.jsonl", samples, kind="samples" if scored else None)  # rows without gold: no rewards
         for s in samples[:3]:
             print(f"  prompt: {s['prompt']}\n  response: {s['responses'][0]}\n  gold: {s['rewards'] or 'n/a'}")
     metrics.log(args.steps, report)

@@ -24,6 +24,7 @@ returns. Other tensors that merely overlap in memory are saved as copies.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -115,15 +116,29 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, DataError):  # e.g. a config value that is not JSON-able
             raise CheckpointError(str(e)) from None
+        if isinstance(e, (OSError, safetensors.SafetensorError)):  # a full disk, a file-size limit, a read-only directory
+            raise CheckpointError(f"could not write the checkpoint {path} ({_reason(e)}); nothing of it was kept; "
+                                  f"{last_good(path)}") from e
         raise
-    if path.exists():
+    try:
+        if path.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            path.rename(old)
+        tmp.rename(path)
+        fsync_dir(path.parent)
         if old.exists():
             shutil.rmtree(old)
-        path.rename(old)
-    tmp.rename(path)
-    fsync_dir(path.parent)
-    if old.exists():
-        shutil.rmtree(old)
+    except OSError as e:  # a complete checkpoint is at <path>, <path>.old or <path>.tmp; loading tries the first two
+        raise CheckpointError(f"could not put the checkpoint {path} in place ({_reason(e)}); the complete previous one "
+                              f"is at {path if path.exists() else old}, the new one at {tmp}") from e
+
+
+def _reason(e: BaseException) -> str:
+    """What the OS said: "File too large (errno 27)"; safetensors wraps it in its own message."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno})" + (f": {e.filename}" if e.filename else "")
+    return str(e).replace("Error while serializing: ", "")
 
 
 def last_good(path) -> str:
@@ -160,6 +175,16 @@ def _resolve(path) -> Path:
         warnings.warn(f"{p}: missing; loading {old} (a save was interrupted between its two renames)")
         return old
     raise CheckpointError(f"{p}: no such checkpoint directory")
+
+
+def weights_digest(path) -> str:
+    """The first 16 hex digits of the sha256 of a checkpoint's model.safetensors (the file load_model reads): names
+    the weights themselves, so other weights saved at the same path (a later step, a rerun) are told apart."""
+    h = hashlib.sha256()
+    with open(_resolve(path) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _check_safetensors(file: Path) -> None:

@@ -26,14 +26,17 @@ from rlhf.device import device_error
 _LIMITS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
 
 
-def arg(default=dataclasses.MISSING, help: str = "", *, choices=None, ge=None, gt=None, le=None, lt=None, check=None):
+def arg(default=dataclasses.MISSING, help: str = "", *, choices=None, ge=None, gt=None, le=None, lt=None, check=None,
+        reads: bool = False):
     """A dataclass field with its help line and limits: `kl_coef: float = arg(0.05, "KL coefficient", ge=0)`.
 
     No default: the flag is required. A list default is copied for every instance. The limits apply to
     every element of a list field; None (an Optional field's "none") passes every check. check: a function
     of the value that returns an error message (naming what is allowed) or None, e.g. rlhf.device.device_error.
+    reads: the field is a path (file or directory) the script reads, so that no output of the run may
+    replace or delete it (read_paths; rlhf.run refuses).
     """
-    meta = {"help": help} | ({"check": check} if check is not None else {})
+    meta = {"help": help} | ({"check": check} if check is not None else {}) | ({"reads": True} if reads else {})
     if choices is not None:
         meta["choices"] = list(choices)
     meta.update({k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None})
@@ -159,6 +162,12 @@ def parse_args(cls, argv=None, presets: dict[str, dict] | None = None, descripti
         parser.error(str(e))
 
 
+def read_paths(cfg) -> list[tuple[str, str]]:
+    """(flag, path) of each input path of a script's arguments that is set (fields declared with arg(..., reads=True))."""
+    return [(_flag(f.name), str(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)
+            if f.metadata.get("reads") and getattr(cfg, f.name) is not None]
+
+
 def config_to_dict(cfg) -> dict:
     """The dataclass as a plain JSON-able dict (paths become strings)."""
     return {k: (str(v) if isinstance(v, PurePath) else v) for k, v in dataclasses.asdict(cfg).items()}
@@ -180,7 +189,7 @@ class DeviceArgs:
     device: str = arg("auto", "where to compute: auto (cuda when available, else cpu), cpu, cuda or cuda:N", check=device_error)
     dtype: str = arg("auto", "forward passes in fp32, or under bf16 autocast with fp32 weights (log-probs, ratios and losses "
                      "stay fp32); auto: bf16 on CUDA, fp32 on the CPU", choices=["auto", "fp32", "bf16"])
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0)
+    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0, le=4096)
 
 
 @dataclass

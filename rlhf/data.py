@@ -252,9 +252,15 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def named_os_error(e: OSError, path) -> OSError:
+    """`e` naming `path` when it names no file (a failed write() does not): "[Errno 28] No space left on device: 'x'"."""
+    return e if e.filename is not None else OSError(e.errno, e.strerror or str(e), str(path))
+
+
 def atomic_write_bytes(path, chunks: Iterable[bytes]) -> None:
     """Write chunks to a temp file beside `path`, fsync, rename over `path`; on any failure (the
-    iterator raising included) the temp file is removed and `path` is untouched."""
+    iterator raising included; a full disk raises an OSError naming `path`) the temp file is removed and `path`
+    is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -267,9 +273,11 @@ def atomic_write_bytes(path, chunks: Iterable[bytes]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise named_os_error(e, path) from e
         raise
     fsync_dir(path.parent)
 
@@ -302,16 +310,23 @@ def _drop_partial_tail(path: Path) -> None:
 
 
 def append_jsonl(path, rows: Iterable[dict]) -> None:
-    """Append rows as whole lines, then flush and fsync (resumable outputs); a bad row appends nothing."""
+    """Append rows as whole lines, then flush and fsync (resumable outputs); a bad row appends nothing, and a
+    failed write (a full disk) is cut back to the file as it was, raising an OSError that names `path`."""
     path = Path(path)
     data = b"".join(_dumps(row, f"{path}: row {i + 1}") + b"\n" for i, row in enumerate(rows))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         _drop_partial_tail(path)
     with open(path, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        size = f.seek(0, os.SEEK_END)
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                f.truncate(size)
+            raise named_os_error(e, path) from e
 
 
 def write_json(path, obj: Any) -> None:

@@ -87,6 +87,26 @@ def oom_guard(stage, batch: str, ckpt):
                          f"{last_good(ckpt)}") from None
 
 
+def total_memory(device: torch.device) -> int | None:
+    """Bytes of memory a run on `device` can use at most: the GPU's, or the machine's physical memory (None when
+    the OS does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, device: torch.device, flags: str) -> None:
+    """Refuse, before allocating, a size that needs more than the device's whole memory (`need` bytes, a lower
+    bound such as GPTConfig.training_bytes), naming the flags that set it."""
+    have = total_memory(device)
+    if have is not None and need > have:
+        raise ValueError(f"{flags}: a training step at these sizes needs at least {need / 2**30:,.1f} GiB, but the "
+                         f"{'GPU' if device.type == 'cuda' else 'machine'} has {have / 2**30:,.1f} GiB; lower them")
+
+
 def clock(device):
     """A clock for intervals (time.perf_counter) that first waits for the GPU's queued work, so per-stage timings on
     CUDA are real. Shared by train_ppo.py and bench.py."""

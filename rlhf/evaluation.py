@@ -88,10 +88,10 @@ def _mean(xs) -> float:
 def rm_pair_accuracy(rm_a, rm_b, gold_a, gold_b) -> tuple[float, int]:
     """How often the RM orders two responses to one prompt as the gold judge does.
 
-    Pairs whose gold scores tie are left out; an RM tie counts 1/2. -> (accuracy, pairs used);
-    accuracy is NaN when no pair is decided by gold.
+    Pairs whose gold scores tie, or that have no gold score (NaN: a prompt outside the task), are left out; an RM
+    tie counts 1/2. -> (accuracy, pairs used); accuracy is NaN when no pair is decided by gold.
     """
-    sign = [(1.0 if ga > gb else -1.0, i) for i, (ga, gb) in enumerate(zip(gold_a, gold_b)) if ga != gb]
+    sign = [(1.0 if ga > gb else -1.0, i) for i, (ga, gb) in enumerate(zip(gold_a, gold_b)) if ga > gb or ga < gb]
     ra, rb = [float(rm_a[i]) * s for s, i in sign], [float(rm_b[i]) * s for s, i in sign]
     return pair_accuracy(ra, rb), len(sign)
 
@@ -172,16 +172,20 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
         if proxy is not None:
             metrics["proxy/score"] = _mean(proxy)
 
-    # 5. gold: score, win rate against the reference, RM accuracy on the policy's pairs
+    # 5. gold: score, win rate against the reference, RM accuracy on the policy's pairs; a prompt outside the task's
+    # grammar (the user's own prompts) has no gold score (NaN) and is left out of every gold figure (gold/left_out)
     gold = ref_gold = None
     if task is not None:
         gold = [task.gold(p, t) for p, t in zip(prompts, texts)]
-        metrics["gold/score"] = _mean(gold)
+        known = [i for i, g in enumerate(gold) if not math.isnan(g)]  # callers warn once (tasks.known_rows)
+        if len(known) < P:
+            metrics["gold/left_out"] = P - len(known)
+        metrics["gold/score"] = _mean([gold[i] for i in known])
         if ref_texts is not None:
             ref_gold = [task.gold(p, t) for p, t in zip(prompts, ref_texts)]
-            wins = win_outcomes(gold, ref_gold)  # (P,) 1 / 0.5 / 0
-            lo, hi = bootstrap_ci(wins, seed=seed)
-            metrics.update({"gold/win_rate": wins.mean().item(), "gold/win_rate_lo": lo, "gold/win_rate_hi": hi})
+            wins = win_outcomes([gold[i] for i in known], [ref_gold[i] for i in known])  # (known,) 1 / 0.5 / 0
+            lo, hi = bootstrap_ci(wins, seed=seed) if known else (float("nan"), float("nan"))
+            metrics.update({"gold/win_rate": _mean(wins.tolist()), "gold/win_rate_lo": lo, "gold/win_rate_hi": hi})
         if pair is not None:
             a, b, ra, rb = pair
             acc, used = rm_pair_accuracy(ra, rb, [task.gold(p, t) for p, t in zip(prompts, a)],
@@ -211,6 +215,7 @@ def rm_report(rm, tok, task, policy, sft_prompts: list[str], held_samples: list[
     out = {}
     if task is None:
         return out
+    sft_prompts = [p for p in sft_prompts if task.knows(p)]  # the annotator labels only its own task's prompts
     if sft_prompts:
         p, c, r = policy_sample_pairs(policy, tok, task, sft_prompts, temperature=1.0, seed=seed)
         keep = pairs_that_fit(tok, p, c, r, rm.config.block_size)  # decoded samples can re-encode longer

@@ -33,15 +33,30 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, name)) < 1:
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                raise ValueError(f"GPTConfig.{name} must be an int (got {getattr(self, name)!r})")
+            if getattr(self, name) < 1:
                 raise ValueError(f"GPTConfig.{name} must be >= 1 (got {getattr(self, name)})")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1) (got {self.dropout})")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def n_params(self) -> int:
+        """Parameters of a GPT of this size (tied embedding): V*D + S*D + L*(12*D^2 + 13*D) + 2*D."""
+        V, S, L, D = self.vocab_size, self.block_size, self.n_layer, self.n_embd
+        return V * D + S * D + L * (12 * D * D + 13 * D) + 2 * D
+
+    def training_bytes(self, rows: int, logits: bool = True) -> int:
+        """A lower bound on the memory one fp32 training step of `rows` full-length sequences needs: weights,
+        gradients and AdamW's two moments (16 bytes a parameter), the logits with their softmax and gradient
+        (3 x rows x S x V floats; logits=False for a scalar head) and 17 saved activations of width D per token and
+        layer. Used to refuse sizes the machine cannot hold before anything is allocated (rlhf.device.check_memory)."""
+        tokens = rows * self.block_size
+        return 16 * self.n_params() + 4 * tokens * (3 * self.vocab_size * logits + 17 * self.n_layer * self.n_embd)
 
 
 class KVCache:

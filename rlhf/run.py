@@ -1,6 +1,7 @@
 """A run's life cycle, shared by every script: run directory, seeding, metrics.jsonl, the CLI wrapper.
 
-    out, resuming = start_run(args)      # process group, config print, threads, run directory, seeds
+    out, resuming, dev = start_run(args) # process group, config print, threads, run directory, seeds
+    if resuming and run_finished(out, out / "ckpt", steps, "eval.json"): return   # nothing left to do
     ... build data, models, optimisers; resume(ckpt, ...) when resuming (rlhf/resume.py) ...
     with MetricsWriter(out / "metrics.jsonl", resume_step=...) as metrics: loop, metrics.log(step, {...})
     run_cli(main)                        # bad input -> one "error: ..." line and exit status 1
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from rlhf import distributed
-from rlhf.config import config_to_dict, print_config
-from rlhf.data import DataError, read_json, read_objects, write_json, write_jsonl
+from rlhf.config import config_to_dict, print_config, read_paths
+from rlhf.data import DataError, named_os_error, read_json, read_objects, write_json, write_jsonl
 from rlhf.device import resolve_device, resolve_dtype
 from rlhf.resume import load_train_state
 
@@ -76,6 +77,10 @@ def check_resume(out: Path, args, ckpt: Path) -> None:
     if not saved_path.is_file():
         return  # a run directory from before config.json was written: nothing to compare with
     saved, new = read_json(saved_path), config_to_dict(args)
+    for k, v in new.items():  # a hand-edited or foreign config.json: one line naming the field
+        if k in saved and saved[k] is not None and v is not None and not _same_type(saved[k], v):
+            raise RunDirError(f"{saved_path}: field {k!r} is {saved[k]!r} ({type(saved[k]).__name__}), but the flag takes "
+                              f"a {type(v).__name__}; the file was not written by this script: start a new run")
     changed = [k for k in new if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != new[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {new[k]!r} (the run has {saved[k]!r})" for k in changed[:6])
@@ -86,6 +91,26 @@ def check_resume(out: Path, args, ckpt: Path) -> None:
     if isinstance(step, int) and hasattr(args, "steps") and args.steps < step:
         raise RunDirError(f"--resume with --steps {args.steps}, but the checkpoint in {out} is at step {step}; "
                           f"pass --steps {step} or more")
+
+
+def run_finished(out: Path, ckpt: Path, steps: int, report: str | None = None, more_steps: bool = True) -> bool:
+    """True (and says so) when a resumed run has nothing left to do: its checkpoint is at step `steps` or later and
+    its final report (`report` inside `out`, when the script writes one after the last step) exists. more_steps: the
+    script has a --steps flag that a resume may raise."""
+    step = load_train_state(ckpt).get("step")
+    if not isinstance(step, int) or step < steps or (report is not None and not (out / report).is_file()):
+        return False
+    print(f"{out} already finished (step {step} of {steps}" + (f", {report} written" if report else "") + "): nothing to "
+          "do" + ("; resume with a larger --steps to train further" if more_steps else ""))
+    return True
+
+
+def _same_type(saved, new) -> bool:
+    if isinstance(new, float) and isinstance(saved, int) and not isinstance(saved, bool):
+        return True  # JSON writes 1.0 as 1.0, but a hand-written 1 means the same
+    if isinstance(new, list):
+        return isinstance(saved, list)
+    return type(saved) is type(new)
 
 
 def release_run_dirs() -> None:
@@ -115,6 +140,12 @@ def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) ->
         if p.resolve() in (here, *here.parents, Path.home().resolve()):  # never wipe a working tree
             raise RunDirError(f"refusing to delete the contents of {path} (the current directory, "
                               "one above it, or home); choose a run directory of its own")
+        for flag, inp in read_paths(cfg):  # never wipe what this very command reads
+            if overlaps(p, inp):
+                q = Path(inp).resolve()
+                where = "is that directory" if q == p.resolve() else "lies inside it" if p.resolve() in q.parents else "holds it"
+                raise RunDirError(f"--overwrite would delete {path}, but {flag} {inp}, an input of this command, {where}; "
+                                  "choose another --out (or move the input out of it)")
         for name in existing:
             child = p / name
             if child.is_dir() and not child.is_symlink():
@@ -124,6 +155,23 @@ def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) ->
     p.mkdir(parents=True, exist_ok=True)
     write_json(p / "config.json", config_to_dict(cfg))
     return p
+
+
+def overlaps(a, b) -> bool:
+    """True when paths a and b (resolved, symlinks followed) are the same, or one lies inside the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def refuse_writing_inputs(args, outputs) -> None:
+    """Refuse an output file that is one of the script's inputs or lies inside an input directory (a checkpoint, a
+    data directory): writing it would change what the command reads."""
+    for out in outputs:
+        hits = [(Path(out).resolve() != Path(inp).resolve(), flag, inp) for flag, inp in read_paths(args) if overlaps(out, inp)]
+        if hits:  # the input it would replace first, else the directory it would write into
+            inside, flag, inp = min(hits)
+            raise ValueError(f"{out} would be written {'inside' if inside else 'over'} {flag} {inp}, which this command reads; "
+                             "choose another --out")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -184,8 +232,11 @@ class MetricsWriter:
         row = {"step": int(step), **{k: _scalar(k, v) for k, v in metrics.items()}}
         if self._f is None:  # not rank 0
             return
-        self._f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+            self._f.flush()
+        except OSError as e:  # a full disk: the error names the file (a partial last line is dropped on resume)
+            raise named_os_error(e, self.path) from e
 
     def close(self) -> None:
         if self._f is not None:
@@ -251,9 +302,11 @@ def _start(args) -> torch.device:
     return dev
 
 
-def start_script(args) -> torch.device:
+def start_script(args, writes=()) -> torch.device:
     """The opening of a script that writes no run directory (_start, then seed everything with args.seed).
+    writes: the files it will write, none of which may be (or lie inside) an input (refuse_writing_inputs).
     Returns the device."""
+    refuse_writing_inputs(args, writes)
     dev = _start(args)
     seed_everything(args.seed)
     return dev

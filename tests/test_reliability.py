@@ -379,6 +379,16 @@ FLAG_CASES = [  # (script, flags, message): each exits with status 2 before any 
     (train_ppo, ["--kl-coef", "nan"], "--kl-coef must be a finite number (got nan)"),
     (train_rm, ["--epochs", "inf"], "--epochs must be a finite number (got inf)"),
     (train_ppo, ["--reward-clip", "inf"], "--reward-clip must be a finite number (got inf)"),
+    # sizes are bounded before anything is allocated, and flag relations are checked before any work
+    (train_sft, ["--n-layer", "100000"], "--n-layer must be <= 512 (got 100000)"),
+    (train_sft, ["--vocab-size", "9999999999"], "--vocab-size must be <= 1048576 (got 9999999999)"),
+    (train_rm, ["--batch-size", "2000000"], "--batch-size must be <= 1048576 (got 2000000)"),
+    (sample_baselines, ["--k", "5000"], "--k must be <= 4096 (got 5000)"),
+    (evaluate, ["--max-new-tokens", "100000"], "--max-new-tokens must be <= 65536 (got 100000)"),
+    (train_ppo, ["--seed", "-1"], "--seed must be >= 0 (got -1)"),
+    (train_ppo, ["--seed", str(2**64)], "--seed must be <= 4294967295 (got 18446744073709551616)"),
+    (train_sft, ["--max-new-tokens", "200"], "--max-new-tokens 200 leaves no room for a prompt in --block-size 128"),
+    (train_sft, ["--n-head", "3"], "--n-embd 256 must be divisible by --n-head 3"),
 ]
 
 
@@ -469,6 +479,7 @@ def test_checkpoint_of_another_size_on_resume(algo, tmp_path):
 
 def test_resume_without_state_or_with_corrupt_metrics(algo, tmp_path):
     shutil.copytree(algo / "sft", tmp_path / "sft")
+    os.remove(tmp_path / "sft" / "eval.json")  # as if it stopped before its final report: a resume has work to do
     args = ["--preset", "smoke", "--data", str(algo / "data"), "--out", str(tmp_path / "sft"), "--resume", "--n-eval", "0"]
     lines = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "sft" / "metrics.jsonl").write_text(lines[0] + '{"step": 2, "sft/lo\n' + "".join(lines[2:]))
@@ -516,11 +527,16 @@ def test_prompt_longer_than_the_context(algo, tmp_path):
     shutil.copytree(algo / "data", data)
     line = _prompts_with_a_long_one(data / "prompts_rl.jsonl")
     msg = _err(train_ppo.main, ["--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"),
-                                "--reward", "gold", "--out", str(tmp_path / "ppo")])
+                                "--rm", str(algo / "rm" / "ckpt"), "--out", str(tmp_path / "ppo")])
     assert msg.startswith(f"{data / 'prompts_rl.jsonl'}:{line}: field 'prompt': ") and "shorten the prompt" in msg, msg
     line = _prompts_with_a_long_one(tmp_path / "eval_prompts.jsonl", n_good=1)
     msg = _eval(algo, tmp_path, algo / "sft" / "ckpt", extra=["--prompts", str(tmp_path / "eval_prompts.jsonl")])
     assert msg.startswith(f"{tmp_path / 'eval_prompts.jsonl'}:{line}: field 'prompt': "), msg
+    # SFT's final evaluation prompts are checked before training, not after it
+    shutil.copy(tmp_path / "eval_prompts.jsonl", data / "prompts_eval.jsonl")
+    msg = _err(train_sft.main, ["--preset", "smoke", "--data", str(data), "--out", str(tmp_path / "sft")])
+    assert msg.startswith(f"{data / 'prompts_eval.jsonl'}:{line}: field 'prompt': "), msg
+    assert not (tmp_path / "sft" / "ckpt").exists() and not (tmp_path / "sft" / "metrics.jsonl").exists()
     # the user sees one line, no traceback (sample_baselines.py run as a script)
     p = run("sample_baselines.py", "--policy", str(algo / "sft" / "ckpt"), "--rm", str(algo / "rm" / "ckpt"), "--prompts",
             str(data / "prompts_rl.jsonl"), "--out", str(tmp_path / "b.jsonl"), check=False)
@@ -696,3 +712,75 @@ def test_resume_refuses_flags_that_change_the_run_and_a_step_count_below_the_che
     (tmp_path / "sft" / "ckpt" / "state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "rng"}))
     assert _err(train_sft.main, base) == \
         f"{tmp_path / 'sft' / 'ckpt' / 'state.json'}: field 'rng': expected the RNG states (python, numpy, torch), got NoneType"
+
+
+def test_a_model_the_machine_cannot_hold_is_refused_before_it_is_allocated(algo, tmp_path):
+    from rlhf.device import check_memory
+    with pytest.raises(ValueError, match=r"--batch-size: a training step at these sizes needs at least 931,322.6 GiB, but the "
+                                         r"machine has [\d,.]+ GiB; lower them"):
+        check_memory(10**15, torch.device("cpu"), "--batch-size")
+    msg = _err(train_sft.main, ["--preset", "smoke", "--data", str(algo / "data"), "--out", str(tmp_path / "big"),
+                                "--n-layer", "512", "--n-embd", "65536", "--n-head", "1"])
+    assert msg.startswith("--vocab-size, --n-layer, --n-embd, --block-size and --batch-size: a training step at these sizes "
+                          "needs at least "), msg
+    assert not (tmp_path / "big" / "ckpt").exists()
+
+
+def test_resuming_a_finished_run_does_nothing_and_a_foreign_config_is_refused(algo, tmp_path, capsys):
+    for stage in ("sft", "rm"):
+        shutil.copytree(algo / stage, tmp_path / stage)
+    files = lambda d: {p.name: p.read_bytes() for p in [*d.iterdir(), *(d / "ckpt").iterdir()]  # noqa: E731
+                       if p.is_file() and p.name not in ("config.json", ".lock")}
+    before = {stage: files(tmp_path / stage) for stage in ("sft", "rm")}
+    sft = ["--preset", "smoke", "--data", str(algo / "data"), "--out", str(tmp_path / "sft"), "--resume"]
+    train_sft.main(sft)
+    assert f"{tmp_path / 'sft'} already finished (step 300 of 300, eval.json written): nothing to do; resume with a larger " \
+           "--steps to train further" in capsys.readouterr().out
+    train_rm.main(["--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"),
+                   "--out", str(tmp_path / "rm"), "--resume"])
+    assert "already finished" in capsys.readouterr().out
+    assert {stage: files(tmp_path / stage) for stage in ("sft", "rm")} == before  # no second report, no new rows
+    # config.json is type-checked on resume; a checkpoint's model config on load
+    cfg = tmp_path / "sft" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lr": "0.003"}))
+    assert _err(train_sft.main, sft) == (f"{cfg}: field 'lr' is '0.003' (str), but the flag takes a float; the file was not "
+                                         "written by this script: start a new run")
+    ckpt_cfg = tmp_path / "sft" / "ckpt" / "config.json"
+    d = json.loads(ckpt_cfg.read_text())
+    ckpt_cfg.write_text(json.dumps({**d, "model": {**d["model"], "n_layer": "2"}}))
+    assert _eval(algo, tmp_path, tmp_path / "sft" / "ckpt") == (
+        f"{tmp_path / 'sft' / 'ckpt'}: config.json 'model' section is not a valid GPTConfig: GPTConfig.n_layer must be an int (got '2')")
+
+
+def test_prompts_outside_the_tasks_grammar_never_crash_the_gold_judge(algo, tmp_path, capsys):
+    """The RM trains and reports on pairs whose prompts a built-in task cannot judge; gold figures leave them out."""
+    rows = [json.loads(x) for x in (algo / "data" / "preferences.jsonl").read_text().splitlines()][:400]
+    for i in range(0, len(rows), 5):
+        rows[i]["prompt"] = "tell me about your day"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_rm.main(["--preset", "smoke", "--data", str(algo / "data"), "--pairs", str(pairs), "--sft", str(algo / "sft" / "ckpt"),
+                   "--out", str(tmp_path / "rm"), "--sft-pairs", "20", "--n-policy-pairs", "16"])
+    out = capsys.readouterr().out
+    assert (f"warning: 80 of 400 prompts are outside the algo task's grammar (first: {pairs}:1: 'tell me about your day'); the "
+            "gold judge leaves them out") in out
+    diag = read_json(tmp_path / "rm" / "diagnostics.json")
+    assert 0 < diag["rm/gold_left_out"] < diag["rm/n_pairs"]  # held-out pairs the judge cannot score, counted
+    assert 0 <= diag["rm/gold_accuracy"] <= 1 and (tmp_path / "rm" / "ckpt" / "model.safetensors").exists()
+    # evaluate: the figures cover the prompts the judge knows; PPO against the gold judge refuses such a prompt up front
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(x + "\n" for x in (algo / "data" / "prompts_eval.jsonl").read_text().splitlines()[:7])
+                       + json.dumps({"prompt": "hello there"}) + "\n")
+    evaluate.main(["--policy", str(algo / "sft" / "ckpt"), "--reference", str(algo / "sft" / "ckpt"), "--data", str(algo / "data"), "--prompts", str(prompts),
+                   "--n-eval", "8", "--max-new-tokens", "8", "--out", str(tmp_path / "e.json")])
+    report = read_json(tmp_path / "e.json")
+    assert report["gold/left_out"] == 1 and report["eval/n"] == 8 and 0 <= report["gold/win_rate"] <= 1
+    data = tmp_path / "data"
+    shutil.copytree(algo / "data", data)
+    with open(data / "prompts_rl.jsonl", "a") as f:
+        f.write(json.dumps({"prompt": "hello there"}) + "\n")
+    n = len((data / "prompts_rl.jsonl").read_text().splitlines())
+    assert _err(train_ppo.main, ["--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"), "--reward", "gold",
+                                 "--out", str(tmp_path / "ppo")]) == (
+        f"--reward gold: {data / 'prompts_rl.jsonl'}:{n}: the prompt is outside the algo task's grammar, so the gold judge "
+        "cannot score it: 'hello there'")

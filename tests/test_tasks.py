@@ -1,4 +1,5 @@
 """Tests for rlhf/tasks: splits, gold judges (hand-worked values and games), demonstrations, annotator, keys."""
+import math
 import random
 
 import pytest
@@ -63,8 +64,14 @@ def test_bad_prompt_requests(name):
     assert len(set(t.prompts("eval", pool))) == pool  # the whole eval pool, distinct
     with pytest.raises(ValueError, match=rf"asked for {pool + 1} eval prompts but the {name} eval pool holds only {pool}"):
         t.prompts("eval", pool + 1)
+    # a prompt outside the grammar (a user's own): no gold judgement, never an exception from the judge
+    for prompt in ("hello .", "", "write a happy story about", "reverse : .", "\x00\ufffd", "<|eos|>"):
+        assert not t.knows(prompt) and math.isnan(t.gold(prompt, "x .")), prompt
+    assert t.knows(t.prompts("eval", 1)[0])
     with pytest.raises(ValueError, match=f"not an? {name} prompt"):
-        t.gold("hello .", "x .")
+        t.reference("hello .")
+    with pytest.raises(ValueError, match=f"the {name} task's annotator cannot label a pair for a prompt outside its grammar"):
+        t.annotate("hello .", "a .", "b .", random.Random(0))
 
 
 # splits ---------------------------------------------------------------------------------------------
@@ -174,6 +181,14 @@ def test_gold_never_raises_on_any_text(text):
         g = t.gold(p, text)
         assert isinstance(g, float) and 0.0 <= g <= 1.0
         assert isinstance(t.key(p, text), str)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_gold_never_raises_on_any_prompt(prompt, text):
+    for name in ("story", "algo"):
+        g = get_task(name).gold(prompt, text)
+        assert isinstance(g, float) and (math.isnan(g) or 0.0 <= g <= 1.0)
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,9 +11,11 @@ The contract every task keeps (scripts and tests call these names):
     task.prompts(split, n)                 -> list[str]   split in sft | rl | unlabelled | eval
     task.demonstration(prompt, rng)        -> str         mediocre on purpose (headroom for RLHF)
     task.reference(prompt)                 -> str         a best-achievable answer, gold 1.0
-    task.gold(prompt, response)            -> float       in [0, 1], pure, never raises on a string
+    task.gold(prompt, response)            -> float       in [0, 1], pure, never raises on a string;
+                                                          NaN for a prompt outside the task's grammar
+    task.knows(prompt)                     -> bool        whether the prompt is in the task's grammar
     task.gold_components(prompt, response) -> dict        the named parts gold is built from
-    task.annotate(prompt, a, b, rng)       -> int         0 if a preferred, 1 if b
+    task.annotate(prompt, a, b, rng)       -> int         0 if a preferred, 1 if b (ValueError for an unknown prompt)
     task.annotator_settings()              -> dict        recorded in the data's metadata
     task.key(prompt, response)             -> str         equivalence key for RLP-SPG clustering
     task.max_response_words                -> int
@@ -153,8 +155,24 @@ class Task:
     def key(self, prompt: str, response: str) -> str:
         raise NotImplementedError
 
+    @staticmethod
+    def parse_prompt(prompt: str):
+        raise NotImplementedError
+
+    def knows(self, prompt: str) -> bool:
+        """True when `prompt` is in this task's grammar: only such a prompt has a gold judgement."""
+        try:
+            self.parse_prompt(prompt)
+        except ValueError:
+            return False
+        return True
+
     def gold(self, prompt: str, response: str) -> float:
-        """The gold judge: the task's formula over `gold_components`, clipped to [0, 1]."""
+        """The gold judge: the task's formula over `gold_components`, clipped to [0, 1]. Never raises on a
+        string: a prompt outside the task's grammar (a user's own data) has no gold judgement and gets NaN,
+        which every gold figure leaves out (rlhf.evaluation.known_gold)."""
+        if not self.knows(prompt):
+            return float("nan")
         return min(1.0, max(0.0, self._combine(self.gold_components(prompt, response))))
 
     # the simulated annotator --------------------------------------------------------------------
@@ -164,6 +182,9 @@ class Task:
         P(a > b) = sigmoid((gold(a) - gold(b)) / tau + length_bias * (len_words(a) - len_words(b)) / 10),
         then the label is flipped with probability flip_rate.
         """
+        if not self.knows(prompt):
+            raise ValueError(f"the {self.name} task's annotator cannot label a pair for a prompt outside its grammar: "
+                             f"{prompt[:80]!r}")
         s = self.annotator
         p = preference_probability(self.gold(prompt, a), self.gold(prompt, b), len_words(a), len_words(b),
                                    s["tau"], s["length_bias"])
@@ -175,6 +196,17 @@ class Task:
     def annotator_settings(self) -> dict:
         """The annotator's settings, for the data's meta.json."""
         return dict(self.annotator)
+
+
+def known_rows(task: Task, prompts: list[str], where: str) -> list[int]:
+    """Indices of the prompts in the task's grammar (the only ones with a gold judgement). When some are not, one
+    warning says how many and names the first (`where(i)` gives a place, e.g. "file:line", for prompt i)."""
+    known = [i for i, p in enumerate(prompts) if task.knows(p)]
+    if len(known) < len(prompts):
+        first = next(i for i in range(len(prompts)) if not task.knows(prompts[i]))
+        print(f"warning: {len(prompts) - len(known)} of {len(prompts)} prompts are outside the {task.name} task's grammar "
+              f"(first: {where(first)}: {prompts[first][:60]!r}); the gold judge leaves them out")
+    return known
 
 
 def get_task(name: str, seed: int = 0, **annotator) -> Task:

@@ -65,6 +65,7 @@ def extract_answer(response: str) -> tuple[list[str], bool]:
 
 class AlgoTask(Task):
     name = "algo"
+    parse_prompt = staticmethod(parse_prompt)
     max_response_words = 16
     eval_percent = 10
 

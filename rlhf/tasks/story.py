@@ -189,6 +189,7 @@ def _analyse(response: str) -> dict:
 
 class StoryTask(Task):
     name = "story"
+    parse_prompt = staticmethod(parse_prompt)
     max_response_words = 90
     eval_percent = 10  # ~4,600 eval prompts
 
