@@ -12,7 +12,9 @@ For each seed s, under OUT/s<s>/ (every stage is one of the repo's scripts; the 
                                           -> train_ppo (RM)          -> evaluate
                  -> sample_baselines (SFT, k per RL prompt) -> train_ppo (contrastive) -> evaluate
     PPO policy -> sample_baselines (n per unlabelled prompt, T = 1) -> train_rm (UML | SPG) -> train_ppo from SFT
-    (optional method `oracle`: train_ppo on the gold reward, the upper bound)
+    optional methods: `dpo` (train_dpo on the RM's pairs, from SFT), `rloo` and `grpo` (train_ppo --advantage rloo |
+    grpo: no critic, the same rollouts an iteration in groups of k samples a prompt), `oracle` (train_ppo on the gold
+    reward, the upper bound)
 --ppo-seeds K repeats every train_ppo stage and its evaluation with K PPO seeds (s, s + N, ..., N = --seeds) over
 the seed's one SFT, RM, baselines and retrained RMs; the RLP samples come from the first PPO seed's policy.
 
@@ -48,16 +50,17 @@ from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagno
                          write_csv, write_text)
 from rlhf.run import run_cli
 
-PPO_FAMILY = ["ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
+PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
 # What each preset changes beyond passing --preset to every script. Tiny: the README's settings.
 SETTINGS = {
     "smoke": dict(data=["--n-sft", "2000", "--n-pairs", "1000", "--n-rl", "32", "--n-unlabelled", "16", "--n-eval", "32"],
-                  sft=["--steps", "120", "--n-eval", "0"], rm=["--n-policy-pairs", "0"], ppo=["--batch-size", "16"],
-                  ppo_steps=6, eval_every=3, n_eval=32, k_baselines=2, n_rlp=4),
-    "tiny": dict(data=[], sft=[], rm=[], ppo=[], ppo_steps=40, eval_every=10, n_eval=400, k_baselines=4, n_rlp=10),
+                  sft=["--steps", "120", "--n-eval", "0"], rm=["--n-policy-pairs", "0"], ppo=["--batch-size", "16"], dpo=[],
+                  ppo_steps=6, eval_every=3, n_eval=32, k_baselines=2, n_rlp=4, group_size=4),
+    "tiny": dict(data=[], sft=[], rm=[], ppo=[], dpo=[], ppo_steps=40, eval_every=10, n_eval=400, k_baselines=4, n_rlp=10,
+                 group_size=4),
     # one GPU (train_*.py's small presets; unmeasured): 2,000 held-out prompts
-    "small": dict(data=["--n-eval", "2000"], sft=[], rm=[], ppo=[], ppo_steps=400, eval_every=25, n_eval=2000, k_baselines=4,
-                  n_rlp=10),
+    "small": dict(data=["--n-eval", "2000"], sft=[], rm=[], ppo=[], dpo=[], ppo_steps=400, eval_every=25, n_eval=2000,
+                  k_baselines=4, n_rlp=10, group_size=4),
 }
 
 
@@ -66,16 +69,16 @@ class Args:
     out: str = arg("runs/reproduce", "output directory (stages, logs, table)")
     task: str = arg("story", "built-in task", choices=["story", "algo"])
     preset: str = arg("tiny", "size preset passed to every stage", choices=list(SETTINGS))
-    seeds: int = arg(1, "seeds 0..N-1; each runs the whole pipeline", ge=1)
-    ppo_seeds: int = arg(1, "PPO seeds per seed: every PPO run and its evaluation over the seed's fixed SFT and RMs", ge=1)
+    seeds: int = arg(1, "seeds 0..N-1; each runs the whole pipeline", ge=1, le=1000)
+    ppo_seeds: int = arg(1, "PPO seeds per seed: every PPO run and its evaluation over the seed's fixed SFT and RMs", ge=1, le=1000)
     methods: str = arg("sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg", "comma-separated, from " + ",".join(METHODS))
-    ppo_steps: int | None = arg(None, "PPO iterations (default: the preset's)", ge=1)
-    best_of_n: int = arg(4, "n of the best-of-n baseline", ge=2)
+    ppo_steps: int | None = arg(None, "PPO iterations (default: the preset's)", ge=1, le=10**9)
+    best_of_n: int = arg(4, "n of the best-of-n baseline", ge=2, le=4096)
     uml_weight: float = arg(0.5, "RLP-UML lambda (paper 0.5)", gt=0.0)
     spg_gamma: float = arg(0.5, "RLP-SPG gamma (paper 0.5)", ge=0.0, le=1.0)
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
-    threads: int = arg(0, "torch CPU threads for every stage (0: torch's default)", ge=0)
+    threads: int = arg(0, "torch CPU threads for every stage (0: torch's default)", ge=0, le=4096)
     device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
                       check=device_error)
 
@@ -187,6 +190,12 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
                "--out", d / name, out=d / name)
             runs.setdefault(m, []).append((ps, name, d / name, run_rm))
 
+    if "dpo" in methods:  # the RM's pairs and held-out split, from SFT with SFT as the reference (train_dpo.py's epochs)
+        st(f"{tag}dpo", "train_dpo.py", *pre, "--data", data, "--sft", sft, *cfg["dpo"], "--out", d / "dpo", out=d / "dpo")
+        runs["dpo"] = [(seed, "dpo", d / "dpo", rm)]
+    for m in ("rloo", "grpo"):  # the same --batch-size rollouts an iteration as PPO: batch / k prompts x k samples
+        if m in methods:
+            ppo(m, rm, "--advantage", m, "--group-size", cfg["group_size"])
     if any(m in methods for m in ("ppo", "rlp_uml", "rlp_spg")):
         ppo("ppo", rm, first_only="ppo" not in methods)  # RLP alone samples from the first PPO seed only
     if "contrastive" in methods:
@@ -212,7 +221,7 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
                     "--rm", rm, "--data", data, "--n-eval", cfg["n_eval"], "--seed", seed, *extra,
                     "--out", d / "eval" / f"{name}.json", "--name", label, out=d / "eval" / f"{name}.json", kind="eval")
             records.append({"method": m, "seed": seed, "run_seed": ps, "flip_rate": flip_rate, "eval": ev,
-                            "rm": Path(run_rm).parent, "dir": run_dir})
+                            "rm": Path(run_rm).parent, "dir": run_dir if m in PPO_FAMILY else None})
     return records
 
 
@@ -285,7 +294,10 @@ def main(argv=None):
     wall = time.time() - t0
     header = (f"task {args.task}, preset {args.preset}, {args.seeds} seed(s)"
               f"{f' x {args.ppo_seeds} PPO seeds' if args.ppo_seeds > 1 else ''}, {SETTINGS[args.preset]['n_eval']} held-out prompts; "
-              f"PPO {args.ppo_steps or SETTINGS[args.preset]['ppo_steps']} iterations; best-of-{args.best_of_n}\n\n")
+              f"PPO {args.ppo_steps or SETTINGS[args.preset]['ppo_steps']} iterations; best-of-{args.best_of_n}"
+              + (f"; RLOO and GRPO: the same rollouts an iteration and the same iterations as PPO, in groups of "
+                 f"{SETTINGS[args.preset]['group_size']} samples a prompt" if {"rloo", "grpo"} & set(methods) else "")
+              + ("; DPO: one epoch over the RM's training pairs" if "dpo" in methods else "") + "\n\n")
     md = header + table({LABELS[m]: s for m, s in summary.items()})
     results = {"config": {**vars(args), "methods": methods}, "methods": summary,
                "stage_seconds": {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))

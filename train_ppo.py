@@ -24,7 +24,7 @@ evaluation, prints and writes checkpoints and metrics.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,63 +33,78 @@ from tqdm import tqdm
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_model
 from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
-from rlhf.data import read_json, read_jsonl
-from rlhf.device import clock, oom_guard, peak_memory
+from rlhf.data import read_json, read_jsonl, record_location
+from rlhf.device import check_memory, clock, oom_guard, peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.ppo import AdaptiveKLController, FixedKLController, gae, masked_var, sequence_kl, shaped_rewards, whiten
+from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, masked_var, rloo_advantages, sequence_kl,
+                       shaped_rewards, whiten)
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
 from rlhf.reward import contrastive_reward, load_baselines, score_rollout, weak_rm_warning
-from rlhf.run import MetricsWriter, run_cli, start_run
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
 
 @dataclass
 class Args(TrainArgs):
-    data: str = arg("data/story", "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)")
-    sft: str = arg("runs/sft/ckpt", "SFT checkpoint: the initial policy and the frozen reference")
-    rm: str | None = arg("runs/rm/ckpt", "reward model checkpoint (unused with --reward gold)")
+    data: str = arg("data/story", "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
+    sft: str = arg("runs/sft/ckpt", "SFT checkpoint: the initial policy and the frozen reference", reads=True)
+    rm: str | None = arg("runs/rm/ckpt", "reward model checkpoint (unused with --reward gold)", reads=True)
     reward: str = arg("rm", "what PPO maximises: the RM score, the RM score minus its offline baseline (contrastive), or the gold judge (oracle control)", choices=["rm", "contrastive", "gold"])
-    baselines: str | None = arg(None, "--reward contrastive: samples JSONL from sample_baselines.py covering every RL prompt")
+    baselines: str | None = arg(None, "--reward contrastive: samples JSONL from sample_baselines.py covering every RL prompt", reads=True)
     baseline_agg: str = arg("mean", "--reward contrastive: how the k baseline rewards make one baseline", choices=["mean", "median", "max", "min"])
     out: str = arg("runs/ppo", "run directory")
     preset: str = arg("tiny", "preset; explicit flags override it")
-    seed: int = arg(0, "fixes prompts order, sampling and minibatches")
-    steps: int = arg(100, "PPO iterations", ge=1)
-    batch_size: int = arg(64, "rollouts per iteration (per rank under torchrun)", ge=2)
-    minibatches: int = arg(2, "minibatches per PPO epoch (must divide batch_size)", ge=1)
-    ppo_epochs: int = arg(2, "passes over each batch of rollouts", ge=1)
+    seed: int = arg(0, "fixes prompts order, sampling and minibatches", ge=0, le=2**32 - 1)
+    steps: int = arg(100, "PPO iterations", ge=1, le=10**9)
+    batch_size: int = arg(64, "rollouts per iteration (per rank under torchrun)", ge=2, le=2**20)
+    minibatches: int = arg(2, "minibatches per PPO epoch (must divide batch_size)", ge=1, le=2**20)
+    ppo_epochs: int = arg(2, "passes over each batch of rollouts", ge=1, le=10**4)
     lr: float = arg(3e-5, "policy learning rate", gt=0.0)
     vf_lr: float = arg(1e-4, "value model learning rate", gt=0.0)
     lr_schedule: str = arg("constant", "learning-rate schedule", choices=["constant", "linear", "cosine"])
-    kl_coef: float = arg(0.05, "initial KL penalty coefficient beta", ge=0.0)
+    kl_coef: float = arg(0.05, "initial KL coefficient beta: of the per-token penalty in the reward (gae, rloo), of the KL term in the loss (grpo)", ge=0.0)
     kl_estimator: str = arg("k1", "per-token KL estimator in the reward", choices=["k1", "k2", "k3", "abs"])
     clamp_kl: bool = arg(False, "clamp the per-token KL at 0 from below (AlpacaFarm)")
     kl_target: float | None = arg(None, "adaptive KL: target KL in nats per sequence (None: fixed kl_coef)", gt=0.0)
-    kl_horizon: int = arg(10000, "adaptive KL horizon in rollouts", ge=1)
+    kl_horizon: int = arg(10000, "adaptive KL horizon in rollouts", ge=1, le=10**12)
     whiten_rewards: bool = arg(False, "scale (not shift) the shaped rewards to unit variance")
-    whiten_advantages: bool = arg(True, "whiten advantages per batch")
+    whiten_advantages: bool = arg(True, "whiten advantages per batch (--advantage gae; RLOO and GRPO use theirs as they are)")
     cliprange: float = arg(0.2, "policy ratio clip", gt=0.0)
     cliprange_value: float = arg(0.2, "value clip", gt=0.0)
     vf_coef: float = arg(0.1, "value loss weight", ge=0.0)
     gamma: float = arg(1.0, "discount", ge=0.0, le=1.0)
     lam: float = arg(0.95, "GAE lambda", ge=0.0, le=1.0)
     temperature: float = arg(1.0, "rollout sampling temperature", gt=0.0)
-    max_new_tokens: int = arg(96, "longest response", ge=1)
+    max_new_tokens: int = arg(96, "longest response", ge=1, le=65536)
     missing_eos_penalty: float | None = arg(None, "score given to responses that never emit EOS (None: keep their score)")
     reward_clip: float | None = arg(None, "clip scores to [-c, c] (None: no clipping)", gt=0.0)
+    advantage: str = arg("gae", "advantage estimator: GAE with a critic (PPO); RLOO's leave-one-out mean or GRPO's group mean "
+                         "and std over the --group-size samples of each prompt, with no critic (rlhf.ppo)", choices=["gae", "rloo", "grpo"])
+    group_size: int = arg(1, "samples of each prompt in an iteration's --batch-size rollouts (k; rloo and grpo need 2 or more)", ge=1, le=4096)
     value_head: str = arg("separate", "value function: a separate model, or a head on the policy trunk", choices=["separate", "shared"])
     value_init: str = arg("auto", "separate value model's start: the RM, or the SFT trunk with a fresh head (auto: the RM when PPO scores with one, else SFT)", choices=["auto", "rm", "sft"])
     grad_clip: float = arg(1.0, "clip each model's gradient norm (0: off)", ge=0.0)
     eval_every: int = arg(10, "held-out evaluation every N iterations", ge=1)
-    n_eval: int = arg(100, "held-out prompts per evaluation", ge=1)
+    n_eval: int = arg(100, "held-out prompts per evaluation", ge=1, le=10**7)
     sample_every: int = arg(10, "print one rollout every N iterations", ge=1)
     ckpt_every: int = arg(20, "save a resumable checkpoint every N iterations", ge=1)
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
+
+
+    def __post_init__(self):  # flag relations, checked before any work (parse_args makes them usage errors, exit 2)
+        if self.advantage != "gae" and self.group_size < 2:
+            raise ValueError(f"--advantage {self.advantage} needs --group-size 2 or more (got {self.group_size}): its baseline is "
+                             "the other samples of the same prompt")
+        if self.batch_size % self.group_size:
+            raise ValueError(f"--group-size {self.group_size} must divide --batch-size {self.batch_size}")
+        if self.advantage != "gae" and self.reward == "contrastive":
+            raise ValueError(f"--reward contrastive with --advantage {self.advantage}: the group baseline already subtracts a "
+                             "mean over the same prompt, so the offline baseline would cancel; use --advantage gae")
 
 
 PRESETS = {"smoke": dict(steps=40, batch_size=32, minibatches=2, ppo_epochs=2, lr=3e-4, vf_lr=3e-4, max_new_tokens=16,
@@ -116,6 +131,8 @@ def main(argv=None):
     value_init = resolve_value_init(args)
     out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
+    if resuming and run_finished(out, ckpt, args.steps):
+        return
 
     # data: RL prompts, eval prompts, the gold judge when the data came from a built-in task
     data = Path(args.data)
@@ -123,6 +140,7 @@ def main(argv=None):
 
     # models: policy and frozen reference from SFT, frozen RM, the value function and the optimisers
     policy, ref, rm, tok = load_models(args, value_init, data, rl_prompts, eval_prompts)
+    check_memory(policy.config.training_bytes(args.batch_size // args.minibatches), dev, "--batch-size / --minibatches")
     for m in (policy, ref, rm):
         if m is not None:
             m.to(dev)
@@ -132,16 +150,17 @@ def main(argv=None):
         if m is not None:
             maybe_compile(m, args.compile)
     kl_ctl = AdaptiveKLController(args.kl_coef, args.kl_target, args.kl_horizon) if args.kl_target else FixedKLController(args.kl_coef)
-    modules = {"policy": policy, "value": value}
+    modules = {"policy": policy} | ({"value": value} if value is not None else {})
     start = 0
     if resuming:
         state = resume(ckpt, modules, optimizers)
         kl_ctl.value, start = state["kl_coef"], state["step"]
         print(f"resumed from {ckpt} at iteration {start}")
-    distributed.broadcast_params(policy, value)  # rank 0's weights (and fresh value head) on every rank
+    distributed.broadcast_params(*modules.values())  # rank 0's weights (and fresh value head) on every rank
     ckpt_config = {"model": policy.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint, "stage": "ppo"}
     hp = PPOHParams(cliprange=args.cliprange, cliprange_value=args.cliprange_value, vf_coef=args.vf_coef, ppo_epochs=args.ppo_epochs,
                     minibatches=args.minibatches, temperature=args.temperature, grad_clip=args.grad_clip, dtype=args.dtype)
+    P, k = args.batch_size // args.group_size, args.group_size  # prompts per iteration, samples per prompt
 
     def score(roll):
         prompts, texts, stopped = roll.prompts, roll.texts, roll.stopped
@@ -184,7 +203,7 @@ def main(argv=None):
 
             # 1. sample responses
             policy.eval()
-            prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (B,), generator=g, device=dev).tolist()]
+            prompts = [rl_prompts[i] for i in torch.randint(len(rl_prompts), (P,), generator=g, device=dev).tolist() for _ in range(k)]
             with autocast(args.dtype, dev):
                 roll = sample(policy, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=g, batch_size=B)
             q, qm, r, rmask = roll.query_ids, roll.query_mask, roll.response_ids, roll.response_mask
@@ -197,7 +216,10 @@ def main(argv=None):
 
             # 3. log-probs of the sampled tokens under policy and reference; values
             with torch.no_grad(), autocast(args.dtype, dev):
-                if isinstance(value, ScalarModel):
+                if value is None:  # no critic (rloo, grpo)
+                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+                    old_values = torch.zeros_like(old_logprobs)
+                elif isinstance(value, ScalarModel):
                     old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
                     old_values = response_values(value, q, qm, r, rmask)  # (B, Tr)
                 else:  # a head on the policy trunk: one forward of the policy gives both
@@ -206,12 +228,15 @@ def main(argv=None):
             t["forward"] = now()
 
             # 4. KL-shaped rewards and GAE (whitening statistics over every rank's rollouts under torchrun)
-            rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
-            if args.whiten_rewards:
-                rewards = whiten(rewards, rmask, shift_mean=False, reduce=distributed.all_reduce_sum)
-            advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
+            if args.advantage == "gae":
+                rewards = shaped_rewards(scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, args.kl_estimator, args.clamp_kl)
+                if args.whiten_rewards:
+                    rewards = whiten(rewards, rmask, shift_mean=False, reduce=distributed.all_reduce_sum)
+                advantages, returns = gae(rewards, old_values, rmask, args.gamma, args.lam)
+            else:  # one advantage per sequence from its prompt's group, on every response token (no critic)
+                rewards, advantages, returns = group_advantages(args, scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, P, k)
             adv_var = masked_var(advantages, rmask).item()
-            if args.whiten_advantages:
+            if args.whiten_advantages and args.advantage == "gae":
                 advantages = whiten(advantages, rmask, reduce=distributed.all_reduce_sum)
             for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
                             ("scores", scores), ("rewards", rewards), ("advantages", advantages)):
@@ -219,9 +244,10 @@ def main(argv=None):
                     raise SystemExit(f"error: non-finite {name} at iteration {step + 1}; {last_good(ckpt)}")
 
             # 5. PPO epochs over minibatches (rlhf.ppo_update: the clipped losses of rlhf.ppo)
-            batch = Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns)
+            batch = Batch(q, qm, r, rmask, old_logprobs, old_values, advantages, returns, ref_logprobs)
             try:
-                stats = ppo_update(policy, value, list(optimizers.values()), batch, hp, g)
+                stats = ppo_update(policy, value, list(optimizers.values()), batch,
+                                   replace(hp, kl_loss_coef=kl_ctl.value if args.advantage == "grpo" else 0.0), g)
             except FloatingPointError:
                 raise SystemExit(f"error: non-finite PPO loss at iteration {step + 1}; {last_good(ckpt)}")
             t["update"] = now()
@@ -230,9 +256,10 @@ def main(argv=None):
             seq_kl = sequence_kl(old_logprobs, ref_logprobs, rmask)  # (B,)
             kl = distributed.all_reduce_mean(seq_kl.mean()).item()  # over all ranks' rollouts
             kl_ctl.update(kl, B * distributed.world_size())
-            explained = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
-            log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value, **stats,
-                   "ppo/val/var_explained": explained, "ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
+            log = {"objective/score": scores.mean().item(), "objective/kl": kl, "objective/kl_coef": kl_ctl.value, **stats}
+            if value is not None:
+                log["ppo/val/var_explained"] = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
+            log |= {"ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
                    "ppo/stopped": roll.stopped.float().mean().item()}
             stages = ["start", "rollout", "score", "forward", "update"]
             log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
@@ -264,6 +291,11 @@ def load_data(args, data: Path):
     baselines = load_baselines(args.baselines, rl_prompts) if args.reward == "contrastive" else None
     if args.reward == "gold" and task is None:
         raise ValueError(f"--reward gold needs a gold judge: {data} has no meta.json from prepare_data.py")
+    if args.reward == "gold" and (bad := next((i for i, p in enumerate(rl_prompts) if not task.knows(p)), None)) is not None:
+        raise ValueError(f"--reward gold: {record_location(data / 'prompts_rl.jsonl', bad)}: the prompt is outside the "
+                         f"{task.name} task's grammar, so the gold judge cannot score it: {rl_prompts[bad][:60]!r}")
+    if task is not None:  # the held-out evaluations leave such prompts out of their gold figures
+        tasks.known_rows(task, eval_prompts, lambda i: record_location(data / "prompts_eval.jsonl", i))
     return rl_prompts, eval_prompts, task, baselines
 
 
@@ -275,7 +307,7 @@ def load_models(args, value_init: str, data: Path, rl_prompts, eval_prompts):
     ref, ref_tok, _ = load_model(args.sft, "policy")
     ref.eval().requires_grad_(False)
     rm = None
-    if args.reward != "gold" or value_init == "rm":
+    if args.reward != "gold" or (value_init == "rm" and args.advantage == "gae"):
         if args.rm is None:
             raise ValueError("--rm is required with --reward rm or contrastive, or --value-init rm")
         rm, rm_tok, rm_cfg = load_model(args.rm, "rm")
@@ -299,13 +331,31 @@ def resolve_value_init(args) -> str:
     return args.value_init
 
 
+def group_advantages(args, scores, logprobs, ref_logprobs, mask, kl_coef: float, P: int, k: int):
+    """--advantage rloo | grpo: the sequence advantage of each rollout from the k samples of its prompt (rows are
+    prompt-major: prompt i's samples are rows i*k .. i*k+k-1), on every response token.
+        rloo: r_i = score_i - kl_coef * sum_t kl_t (the KL-penalised sequence reward), A = rloo_advantages(r)
+        grpo: r_i = score_i (the KL is a loss term, rlhf.ppo.kl_loss),                 A = grpo_advantages(r)
+    -> (sequence rewards r (B,), advantages (B, Tr), returns: zeros (B, Tr), there being no critic)."""
+    if args.advantage == "rloo":
+        seq = shaped_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, args.kl_estimator, args.clamp_kl).sum(1)  # (B,)
+        adv = rloo_advantages(seq.view(P, k)).view(-1)
+    else:
+        seq = scores
+        adv = grpo_advantages(scores.view(P, k).float()).view(-1)
+    return seq, adv[:, None] * mask, torch.zeros_like(logprobs)
+
+
 def value_function(args, value_init: str, policy, rm, dev):
-    """The value function and the optimisers -> (value, {"policy": opt[, "value": vopt]}).
+    """The value function and the optimisers -> (value, {"policy": opt[, "value": vopt]}); value None (no critic) for
+    --advantage rloo and grpo.
 
     shared: a fresh zero-initialised linear head on the policy's hidden states, trained by the policy's
     optimiser in a group of its own (lr --vf-lr); separate: a ScalarModel from the RM or from the SFT trunk
     with a fresh head, with its own optimiser.
     """
+    if args.advantage != "gae":
+        return None, {"policy": make_optimizer(policy.named_parameters(), args.lr)}
     if args.value_head == "shared":
         value = torch.nn.Linear(policy.config.n_embd, 1)
         torch.nn.init.zeros_(value.weight), torch.nn.init.zeros_(value.bias)

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from rlhf import distributed, tasks
+from rlhf import distributed
 from rlhf.checkpoint import last_good, load_model
 from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
-from rlhf.data import read_json, read_jsonl, write_json
-from rlhf.device import oom_guard, peak_memory
+from rlhf.data import read_jsonl, write_json
+from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.evaluation import format_diagnostics, rm_report
 from rlhf.gpt2 import load_gpt2
 from rlhf.metrics import pair_accuracy
@@ -39,41 +39,42 @@ from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import bradley_terry_loss, pair_batch, pairs_that_fit, policy_sample_pairs, rm_diagnostics, score_texts
+from rlhf.reward import (bradley_terry_loss, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
+                         score_texts)
 from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
-from rlhf.run import MetricsWriter, run_cli, start_run
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
 @dataclass
 class Args(TrainArgs):
-    data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)")
-    pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl")
-    sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from")
-    init_from: str | None = arg(None, "start from a GPT-2-format model (a directory with model.safetensors and tokenizer.json, rlhf/gpt2.py) instead of --sft")
+    data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)", reads=True)
+    pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl", reads=True)
+    sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from", reads=True)
+    init_from: str | None = arg(None, "start from a GPT-2-format model (a directory with model.safetensors and tokenizer.json, rlhf/gpt2.py) instead of --sft", reads=True)
     out: str = arg("runs/rm", "run directory")
     preset: str = arg("tiny", "size preset; explicit flags override it")
-    seed: int = arg(0, "fixes the split, data order and head initialisation")
-    epochs: float = arg(1.0, "passes over the training pairs", gt=0.0)
-    batch_size: int = arg(32, "pairs per forward (2x sequences; per rank under torchrun); a step sees grad_accum of them", ge=1)
-    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1)
+    seed: int = arg(0, "fixes the split, data order and head initialisation", ge=0, le=2**32 - 1)
+    epochs: float = arg(1.0, "passes over the training pairs", gt=0.0, le=1e6)
+    batch_size: int = arg(32, "pairs per forward (2x sequences; per rank under torchrun); a step sees grad_accum of them", ge=1, le=2**20)
+    grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1, le=65536)
     lr: float = arg(3e-4, "trunk learning rate", gt=0.0)
     head_lr: float = arg(3e-3, "scalar head learning rate", gt=0.0)
     lr_schedule: str = arg("cosine", "decay after warm-up", choices=["constant", "linear", "cosine"])
-    warmup_steps: int = arg(20, "linear warm-up steps", ge=0)
+    warmup_steps: int = arg(20, "linear warm-up steps", ge=0, le=10**9)
     weight_decay: float = arg(0.0, "AdamW weight decay on matrices", ge=0.0)
     grad_clip: float = arg(1.0, "clip the global gradient norm (0: off)", ge=0.0)
     val_fraction: float = arg(0.1, "share of pairs held out for diagnostics", gt=0.0, le=0.9)
     eval_every: int = arg(100, "held-out accuracy every N steps", ge=1)
-    sft_pairs: int = arg(0, "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (0: off)", ge=0)
-    n_policy_pairs: int = arg(400, "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", ge=0)
-    max_val_pairs: int = arg(1000, "cap on held-out pairs scored at each evaluation", ge=1)
-    policy_samples: str | None = arg(None, "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)")
+    sft_pairs: int = arg(0, "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (0: off)", ge=0, le=10**7)
+    n_policy_pairs: int = arg(400, "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", ge=0, le=10**7)
+    max_val_pairs: int = arg(1000, "cap on held-out pairs scored at each evaluation", ge=1, le=10**8)
+    policy_samples: str | None = arg(None, "RLP: samples JSONL of the PPO policy (sample_baselines.py, n per unlabelled prompt, rewards from the first RM)", reads=True)
     uml_weight: float = arg(0.0, "RLP-UML: weight lambda of the MIB loss on two policy samples per prompt (paper 0.5; 0: off)", ge=0.0)
     uml_kl_weight: float = arg(1.0, "RLP-UML: weight of the symmetric KL inside L_M (paper 1; 0: multi-view InfoMax ablation)", ge=0.0)
     mib_lr: float = arg(1e-3, "RLP-UML: learning rate of the MIB heads and critic", gt=0.0)
     spg_gamma: float | None = arg(None, "RLP-SPG: confidence threshold for synthetic pairs (paper 0.5; 0: select-all ablation; unset: off)", ge=0.0, le=1.0)
     spg_random_pair: bool = arg(False, "RLP-SPG ablation: one random pair per prompt labelled by the previous RM")
-    previous_rm: str | None = arg(None, "RLP ablation: continue training from this RM instead of retraining from the SFT trunk (the paper)")
+    previous_rm: str | None = arg(None, "RLP ablation: continue training from this RM instead of retraining from the SFT trunk (the paper)", reads=True)
     normalize: bool = arg(False, "store shift/scale so held-out rewards have mean 0, std 1")
     ckpt_every: int = arg(200, "save a resumable checkpoint every N steps", ge=1)
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
@@ -113,18 +114,21 @@ def main(argv=None):
     else:
         policy, tok, sft_cfg = load_model(args.sft, "policy")
     policy.to(dev)  # before --sft-pairs samples from it
-    train, val = (fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
+    train, val = (pairs_fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
     if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
         if task is None:
             raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
-        prompts = list(dict.fromkeys(r["prompt"] for r in train))[:args.sft_pairs]
+        prompts = [p for p in dict.fromkeys(r["prompt"] for r in train) if task.knows(p)][:args.sft_pairs]  # labellable
         p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=args.seed + 3)
         sft_rows = [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)]
-        train = train + fitting(tok, sft_rows, policy.config.block_size, "the --sft-pairs samples") if sft_rows else train
+        train = train + pairs_fitting(tok, sft_rows, policy.config.block_size, "the --sft-pairs samples") if sft_rows else train
         print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
     N = len(train)
     steps = max(1, math.ceil(args.epochs * N / (args.batch_size * args.grad_accum * distributed.world_size())))
+    if resuming and run_finished(out, ckpt, steps, "diagnostics.json", more_steps=False):
+        return
     print(f"{N} training pairs, {len(val)} held out, {steps} steps")
+    check_memory(policy.config.training_bytes(2 * args.batch_size, logits=False), dev, "--batch-size")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
     rm.gpt.grad_checkpoint = args.grad_checkpoint
@@ -239,19 +243,7 @@ def load_pairs(args, data: Path):
     """-> (task or None, pairs file, training pairs (RLP-SPG's synthetic pairs included), held-out pairs,
     held-out policy-samples rows, RLP-UML rows (two different samples at least), RLP statistics)."""
     pairs_path = Path(args.pairs) if args.pairs else data / "preferences.jsonl"
-    rows = read_jsonl(pairs_path, "preferences")
-    same = [r for r in rows if r["chosen"] == r["rejected"]]
-    if same:
-        print(f"warning: skipped {len(same)} of {len(rows)} pairs in {pairs_path} whose chosen equals rejected")
-        rows = [r for r in rows if r["chosen"] != r["rejected"]]
-    if len(rows) < 2:
-        raise SystemExit(f"error: {pairs_path} has {len(rows)} usable pairs; at least 2 are needed")
-    meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
-    task = tasks.task_from_meta(meta)
-    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    n_val = max(1, int(len(rows) * args.val_fraction))
-    val = [rows[i] for i in perm[:n_val]][:args.max_val_pairs]
-    train = [rows[i] for i in perm[n_val:]]
+    task, train, val = read_preference_split(pairs_path, data, args.seed, args.val_fraction, args.max_val_pairs)
     samples, held_samples, rlp_stats = [], [], {}
     if args.policy_samples:  # RLP: 10% of the sampled prompts are kept aside to measure on-policy accuracy
         samples = read_jsonl(args.policy_samples, "samples")
@@ -274,7 +266,7 @@ def synthetic_pairs(args, samples: list[dict], task) -> tuple[list[dict], dict]:
     stats = {"rlp/spg_pairs": len(syn), "rlp/spg_acceptance": len(syn) / max(1, len(samples))}
     if task is not None:
         g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in syn]
-        decided = [a > b for a, b in g if a != b]
+        decided = [a > b for a, b in g if a > b or a < b]  # ties and NaN (a prompt outside the task) left out
         stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
     print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
           + (f", {stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them" if task else ""))
@@ -298,16 +290,6 @@ def uml_layout(B: int, U: int) -> dict[str, slice]:
     """Rows of the one forward: pair_batch puts every "chosen" side first, then every "rejected" side; with the
     U views riding along as extra pairs the rows are B chosen, U view-1, B rejected, U view-2."""
     return {"chosen": slice(0, B), "view1": slice(B, B + U), "rejected": slice(B + U, 2 * B + U), "view2": slice(2 * B + U, 2 * B + 2 * U)}
-
-
-def fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
-    """The pairs whose prompt + longer response fit the context; the rest skipped with a warning (none left: an error)."""
-    kept = [rows[i] for i in pairs_that_fit(tok, *([x[k] for x in rows] for k in ("prompt", "chosen", "rejected")), block_size)]
-    if len(kept) < len(rows):
-        print(f"warning: skipped {len(rows) - len(kept)} of {len(rows)} pairs from {path} longer than the context ({block_size} tokens)")
-    if not kept:
-        raise ValueError(f"{path}: no pair fits the model's context of {block_size} tokens (prompt + response, in tokens)")
-    return kept
 
 
 if __name__ == "__main__":

@@ -202,6 +202,48 @@ def value_loss(values, old_values, returns, mask, cliprange_value: float):
     return loss, stats
 
 
+def rloo_advantages(scores):
+    """REINFORCE leave-one-out: each sample's score minus the mean score of the other k - 1 samples of its prompt.
+
+    Ref: Ahmadian et al. 2024 (arXiv 2402.14740), "Back to Basics" §3.2 (RLOO; Kool et al. 2019):
+        A_i = r_i - 1 / (k - 1) * sum_{j != i} r_j        (= k / (k - 1) * (r_i - mean_j r_j))
+    The whole sequence gets A_i (every response token; no critic). train_ppo.py passes r_i = score_i - beta * KL_i,
+    the KL-penalised sequence reward, as the paper does.
+    scores (P, k), k >= 2 samples of each of P prompts -> (P, k)
+    """
+    P, k = scores.shape
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt (got k = {k})")
+    return scores - (scores.sum(1, keepdim=True) - scores) / (k - 1)
+
+
+def grpo_advantages(scores, eps: float = 1e-4):
+    """GRPO's group-relative advantage (outcome supervision): the score standardised within its prompt's group.
+
+    Ref: Shao et al. 2024 (arXiv 2402.03300), DeepSeekMath §4.1.2 (the advantage in eq. 3):
+        A_i = (r_i - mean(r)) / (std(r) + eps)     over the k samples of one prompt; std with Bessel's correction
+    (k - 1), as trl's GRPOTrainer computes it; eps keeps a group of equal scores at A = 0. Every response token
+    gets A_i (no critic).
+    scores (P, k), k >= 2 -> (P, k)
+    """
+    P, k = scores.shape
+    if k < 2:
+        raise ValueError(f"GRPO needs at least 2 samples per prompt (got k = {k})")
+    return (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + eps)
+
+
+def kl_loss(logprobs, ref_logprobs, mask):
+    """GRPO's KL term, in the loss rather than in the reward: the k3 estimate of KL(pi || pi_ref), per token.
+
+    Ref: Shao et al. 2024 (arXiv 2402.03300) eq. 4 (Schulman 2020's k3):
+        D_KL = pi_ref / pi - log(pi_ref / pi) - 1 = exp(-d) - 1 + d,   d = log pi(y_t) - log pi_ref(y_t)
+        loss = masked_mean(D_KL)    (added as beta * loss to the clipped policy loss, eq. 3)
+    Gradients flow through `logprobs` (the current policy); `ref_logprobs` are constants.
+    logprobs, ref_logprobs, mask (B, T) -> scalar
+    """
+    return masked_mean(kl_penalty(logprobs, ref_logprobs.detach(), "k3"), mask)
+
+
 class AdaptiveKLController:
     """Proportional controller that steers the measured KL towards a target.
 

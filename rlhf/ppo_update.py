@@ -5,7 +5,8 @@
 Shared by train_ppo.py and bench.py so the benchmark times the update the trainer runs. The equations are
 in rlhf.ppo (policy_loss, value_loss); this is only the loop around them, as in cleanrl ppo.py's
 "Optimizing the policy and value network" block: for each epoch, a fresh permutation of the batch,
-split into minibatches (`mb_` below); one forward per model per minibatch; loss = pg_loss + vf_coef * vf_loss;
+split into minibatches (`mb_` below); one forward per model per minibatch; loss = pg_loss + vf_coef * vf_loss
+(no value term without a critic: RLOO, GRPO; + kl_loss_coef * kl_loss for GRPO's KL in the loss);
 average gradients over torchrun ranks; clip each model's gradient norm; step every optimiser.
 
 Shapes: B rollouts, Tq query length (left-padded), Tr response length (right-padded), as in rlhf.sampling.
@@ -18,7 +19,7 @@ import torch
 
 from rlhf import distributed
 from rlhf.model import ScalarModel
-from rlhf.ppo import masked_mean, policy_loss, value_loss
+from rlhf.ppo import kl_loss, masked_mean, policy_loss, value_loss
 from rlhf.precision import autocast
 from rlhf.sampling import response_logprobs, response_values
 
@@ -31,16 +32,17 @@ class Batch:
     responses: torch.Tensor       # (B, Tr) sampled ids, right-padded
     response_mask: torch.Tensor   # (B, Tr) 1.0 on real response tokens
     logprobs: torch.Tensor        # (B, Tr) log pi_old of the sampled tokens
-    values: torch.Tensor          # (B, Tr) V_old
+    values: torch.Tensor          # (B, Tr) V_old (zeros without a critic)
     advantages: torch.Tensor      # (B, Tr)
-    returns: torch.Tensor         # (B, Tr) value targets
+    returns: torch.Tensor         # (B, Tr) value targets (zeros without a critic)
+    ref_logprobs: torch.Tensor | None = None  # (B, Tr) log pi_ref: needed only for a KL term in the loss (GRPO)
 
     def __len__(self) -> int:
         return self.queries.shape[0]
 
     def __getitem__(self, idx) -> Batch:
         """The minibatch of rows `idx` (a LongTensor of row indices)."""
-        return Batch(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return Batch(*(None if getattr(self, f.name) is None else getattr(self, f.name)[idx] for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class PPOHParams:
     temperature: float = 1.0        # the rollout temperature, so log-probs match the sampling distribution
     grad_clip: float = 1.0          # each model's gradient norm (0: off)
     dtype: str = "fp32"             # "bf16": forwards under bf16 autocast; log-probs, ratios and losses stay fp32
+    kl_loss_coef: float = 0.0       # GRPO: loss += beta * kl_loss(log pi, log pi_ref) (rlhf.ppo.kl_loss; needs batch.ref_logprobs)
 
 
 def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generator: torch.Generator) -> dict:
@@ -61,18 +64,24 @@ def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generato
     over all minibatches, under their metrics.jsonl keys:
 
         ppo/loss/policy, ppo/loss/value, ppo/policy/clipfrac, ppo/policy/approxkl, ppo/val/clipfrac, objective/entropy
+        (and ppo/loss/kl with hp.kl_loss_coef > 0; without a critic no ppo/loss/value or ppo/val/clipfrac)
 
-    policy: GPT; value: a ScalarModel (a separate value model) or a head on the policy's hidden states (a
-    Linear: one forward gives log-probs and values). Raises FloatingPointError on a non-finite loss, before any
-    optimiser step on it.
+    policy: GPT; value: a ScalarModel (a separate value model), a head on the policy's hidden states (a
+    Linear: one forward gives log-probs and values), or None (no critic: RLOO, GRPO; the loss is the policy's).
+    Raises FloatingPointError on a non-finite loss, before any optimiser step on it.
     """
     B = len(batch)
     if B % hp.minibatches:
         raise ValueError(f"minibatches ({hp.minibatches}) must divide the batch ({B})")
-    shared = not isinstance(value, ScalarModel)
-    params = list(policy.parameters()) + list(value.parameters())
+    if hp.kl_loss_coef and batch.ref_logprobs is None:
+        raise ValueError("kl_loss_coef > 0 needs batch.ref_logprobs")
+    critic = value is not None
+    shared = critic and not isinstance(value, ScalarModel)
+    models = [policy] + ([value] if critic else [])
+    params = [p for m in models for p in m.parameters()]
     device = batch.queries.device
-    policy.train(), value.train()
+    for m in models:
+        m.train()
     stats = []
     for _ in range(hp.ppo_epochs):
         for idx in torch.randperm(B, generator=generator, device=generator.device).split(B // hp.minibatches):
@@ -84,23 +93,30 @@ def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generato
                 else:
                     logprobs, entropy = response_logprobs(policy, mb.queries, mb.query_mask, mb.responses, mb.response_mask,
                                                           hp.temperature, return_entropy=True)
-                    vpred = response_values(value, mb.queries, mb.query_mask, mb.responses, mb.response_mask)
+                    vpred = response_values(value, mb.queries, mb.query_mask, mb.responses, mb.response_mask) if critic else None
             pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.cliprange)
-            vf_loss, vf_stats = value_loss(vpred.float(), mb.values, mb.returns, mb.response_mask, hp.cliprange_value)
-            loss = pg_loss + hp.vf_coef * vf_loss
+            loss, st = pg_loss, {"ppo/loss/policy": pg_loss.detach()}
+            if critic:
+                vf_loss, vf_stats = value_loss(vpred.float(), mb.values, mb.returns, mb.response_mask, hp.cliprange_value)
+                loss = loss + hp.vf_coef * vf_loss
+                st["ppo/loss/value"] = vf_loss.detach()
+            if hp.kl_loss_coef:  # GRPO (Shao et al. 2024 eq. 3): the KL to the reference in the loss
+                kl = kl_loss(logprobs, mb.ref_logprobs, mb.response_mask)
+                loss = loss + hp.kl_loss_coef * kl
             if not torch.isfinite(loss):
                 raise FloatingPointError("non-finite PPO loss")
             for o in optimizers:
                 o.zero_grad(set_to_none=True)
             loss.backward()
             distributed.all_reduce_grads(params)  # torchrun: the mean gradient over ranks (nothing in one process)
-            for model in (policy, value):
+            for model in models:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip if hp.grad_clip > 0 else float("inf"))
             for o in optimizers:
                 o.step()
-            stats.append({"ppo/loss/policy": pg_loss.detach(), "ppo/loss/value": vf_loss.detach(),
-                          "ppo/policy/clipfrac": pg_stats["clipfrac"], "ppo/policy/approxkl": pg_stats["approxkl"],
-                          "ppo/val/clipfrac": vf_stats["clipfrac"],
-                          "objective/entropy": masked_mean(entropy.float(), mb.response_mask).detach()})
+            st.update({"ppo/policy/clipfrac": pg_stats["clipfrac"], "ppo/policy/approxkl": pg_stats["approxkl"]})
+            if critic:
+                st["ppo/val/clipfrac"] = vf_stats["clipfrac"]
+            stats.append(st | {"objective/entropy": masked_mean(entropy.float(), mb.response_mask).detach()}
+                         | ({"ppo/loss/kl": kl.detach()} if hp.kl_loss_coef else {}))
     per_mb = [{k: v.item() for k, v in s.items()} for s in stats]  # one sync at the end, not one per minibatch
     return {k: sum(s[k] for s in per_mb) / len(per_mb) for k in per_mb[0]}

@@ -14,8 +14,9 @@ from pathlib import Path
 from rlhf.data import atomic_write_bytes, read_json
 from rlhf.run import read_metrics
 
-METHODS = ["sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]  # table order
-LABELS = {"sft": "SFT", "best_of_n": "best-of-n (SFT, RM)", "ppo": "PPO", "contrastive": "PPO + contrastive rewards",
+METHODS = ["sft", "best_of_n", "dpo", "ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]  # table order
+LABELS = {"sft": "SFT", "best_of_n": "best-of-n (SFT, RM)", "dpo": "DPO (the RM's pairs)", "ppo": "PPO",
+          "rloo": "RLOO (no critic)", "grpo": "GRPO (no critic)", "contrastive": "PPO + contrastive rewards",
           "rlp_uml": "RLP-UML", "rlp_spg": "RLP-SPG", "oracle": "PPO on gold (oracle)"}
 COLUMNS = [("gold/win_rate", "gold win rate vs SFT"), ("gold/score", "gold"), ("proxy/score", "proxy (first RM)"),
            ("proxy/gain", "proxy minus SFT's (same seed)"), ("objective/kl", "KL to SFT"), ("eval/length", "length")]
@@ -83,7 +84,7 @@ def curves(runs: list[dict], start: dict[int, Path]) -> list[dict]:
         logged = read_metrics(run["dir"] / "metrics.jsonl")
         if run["seed"] in start and not any(r.get("step") == 0 and "gold/score" in r for r in logged):
             e = read_json(start[run["seed"]])
-            own_rm = m in ("ppo", "contrastive")  # RLP runs train on another RM; the oracle on none
+            own_rm = m in ("ppo", "rloo", "grpo", "contrastive")  # RLP runs train on another RM; the oracle on none
             rows.append({"method": m, "seed": seed, "step": 0, "kl": 0.0, "gold": e["gold/score"],
                          "proxy": e.get("proxy/score") if own_rm else None})
         for r in logged:

@@ -4,12 +4,15 @@ Shapes: B batch (pairs or prompts), k baseline samples per prompt, N items.
 """
 from __future__ import annotations
 
+import math
 import random
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from rlhf.data import read_jsonl
+from rlhf import tasks
+from rlhf.data import read_json, read_jsonl, record_location
 from rlhf.metrics import expected_calibration_error, pair_accuracy, pearson
 from rlhf.sampling import sample
 from rlhf.sft import join_prompt_response
@@ -88,6 +91,37 @@ def score_ids(rm, prompt_ids: list[list[int]], response_ids: list[list[int]], pa
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def read_preference_split(path, data, seed: int, val_fraction: float, max_val_pairs: int) -> tuple:
+    """A preferences JSONL and its seeded held-out split, as train_rm.py and train_dpo.py share it -> (task or None,
+    training pairs, held-out pairs). Pairs whose chosen equals rejected are skipped (counted); with a built-in task's
+    meta.json in `data`, prompts outside its grammar are reported before training (tasks.known_rows). The split: a
+    permutation seeded by `seed`, its first max(1, int(N * val_fraction)) pairs held out (at most max_val_pairs used)."""
+    rows = read_jsonl(path, "preferences")
+    meta = read_json(Path(data) / "meta.json") if (Path(data) / "meta.json").exists() else None
+    task = tasks.task_from_meta(meta)
+    if task is not None:  # before training: say which rows the gold figures will leave out
+        tasks.known_rows(task, [r["prompt"] for r in rows], lambda i: record_location(path, i))
+    same = [r for r in rows if r["chosen"] == r["rejected"]]
+    if same:
+        print(f"warning: skipped {len(same)} of {len(rows)} pairs in {path} whose chosen equals rejected")
+        rows = [r for r in rows if r["chosen"] != r["rejected"]]
+    if len(rows) < 2:
+        raise SystemExit(f"error: {path} has {len(rows)} usable pairs; at least 2 are needed")
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, int(len(rows) * val_fraction))
+    return task, [rows[i] for i in perm[n_val:]], [rows[i] for i in perm[:n_val]][:max_val_pairs]
+
+
+def pairs_fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
+    """The pairs whose prompt + longer response fit the context; the rest skipped with a warning (none left: an error)."""
+    kept = [rows[i] for i in pairs_that_fit(tok, *([x[k] for x in rows] for k in ("prompt", "chosen", "rejected")), block_size)]
+    if len(kept) < len(rows):
+        print(f"warning: skipped {len(rows) - len(kept)} of {len(rows)} pairs from {path} longer than the context ({block_size} tokens)")
+    if not kept:
+        raise ValueError(f"{path}: no pair fits the model's context of {block_size} tokens (prompt + response, in tokens)")
+    return kept
+
+
 def pairs_that_fit(tok, prompts: list[str], chosen: list[str], rejected: list[str], block_size: int) -> list[int]:
     """Indices of the (prompt, chosen, rejected) texts whose prompt + longer response, as the template encodes
     them, fit a context of block_size tokens (rlhf.tokenizer.too_long)."""
@@ -131,7 +165,8 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     rm/accuracy            agreement with the annotator's labels (chosen scored above rejected; ties 1/2)
     rm/length_rule_accuracy the same for the rule "the longer response wins" (ties 1/2)
     rm/length_corr         Pearson correlation of the RM score with the response's length in words
-    with a gold judge (pairs whose gold scores differ):
+    with a gold judge (pairs whose gold scores differ; pairs whose prompt is outside the task are left out and
+    counted in rm/gold_left_out):
     rm/gold_accuracy       agreement with the gold ordering
     rm/length_rule_gold_accuracy  "longer wins" against the gold ordering
     rm/label_gold_accuracy  how often the annotator's label itself agrees with gold (the label noise)
@@ -150,7 +185,9 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
         return out
     gc = [task.gold(p, t) for p, t in zip(prompts, chosen)]
     gr = [task.gold(p, t) for p, t in zip(prompts, rejected)]
-    decided = [i for i in range(len(prompts)) if gc[i] != gr[i]]
+    decided = [i for i in range(len(prompts)) if gc[i] > gr[i] or gc[i] < gr[i]]  # NaN (no gold judgement): left out
+    if any(math.isnan(g) for g in gc):
+        out["rm/gold_left_out"] = sum(math.isnan(g) for g in gc)
     sign = {i: 1.0 if gc[i] > gr[i] else -1.0 for i in decided}  # +1: gold prefers chosen
     gold_order = lambda xs, ys, idx: pair_accuracy([sign[i] * xs[i] for i in idx], [sign[i] * ys[i] for i in idx])  # noqa: E731
     out["rm/gold_accuracy"] = gold_order(sc.tolist(), sr.tolist(), decided)

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_var,
-                      policy_loss, sequence_kl, shaped_rewards, value_loss, whiten)
+from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, kl_loss, kl_penalty, masked_mean,
+                      masked_var, policy_loss, rloo_advantages, sequence_kl, shaped_rewards, value_loss, whiten)
 
 D = torch.float64
 
@@ -212,3 +212,39 @@ def test_fixed_kl_controller_never_changes():
     for kl in (0.0, 3.0, 100.0):
         ctl.update(kl, 256)
     assert ctl.value == 0.05
+
+
+# ---- group baselines without a critic: RLOO and GRPO ------------------------------------------------------
+
+def test_rloo_advantages_hand_values():
+    # one prompt, k = 4 scores 1, 2, 3, 6: A_i = r_i - (sum of the other three) / 3
+    a = rloo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0], [5.0, 5.0, 5.0, 5.0]]))
+    assert torch.allclose(a[0], torch.tensor([1 - 11 / 3, 2 - 10 / 3, 3 - 9 / 3, 6 - 6 / 3]))
+    assert torch.equal(a[1], torch.zeros(4))  # equal scores: no signal
+    assert torch.allclose(rloo_advantages(torch.tensor([[2.0, -1.0]])), torch.tensor([[3.0, -3.0]]))  # k = 2: r_i - r_j
+    with pytest.raises(ValueError, match=r"RLOO needs at least 2 samples per prompt \(got k = 1\)"):
+        rloo_advantages(torch.ones(3, 1))
+
+
+def test_grpo_advantages_hand_values():
+    # scores 1, 2, 3, 6: mean 3, Bessel std sqrt((4 + 1 + 0 + 9) / 3) = sqrt(14 / 3)
+    a = grpo_advantages(torch.tensor([[1.0, 2.0, 3.0, 6.0]]), eps=0.0)
+    s = (14 / 3) ** 0.5
+    assert torch.allclose(a, torch.tensor([[-2 / s, -1 / s, 0.0, 3 / s]]))
+    assert torch.equal(grpo_advantages(torch.full((2, 3), 7.0)), torch.zeros(2, 3))  # a group of equal scores: 0, not nan
+    a = grpo_advantages(torch.randn(5, 8))
+    assert torch.allclose(a.mean(1), torch.zeros(5), atol=1e-6) and torch.allclose(a.std(1), torch.ones(5), atol=1e-3)
+    with pytest.raises(ValueError, match=r"GRPO needs at least 2 samples per prompt"):
+        grpo_advantages(torch.ones(3, 1))
+
+
+def test_kl_loss_hand_values_and_gradient():
+    # d = log pi - log pi_ref = ln 2 on the first token, 0 on the second, padding garbage on the third:
+    # k3 = exp(-d) - 1 + d = 0.5 - 1 + ln 2 = 0.19315, and 0; the mean over the two real tokens
+    lp = torch.tensor([[math.log(0.5), math.log(0.3), 5.0]], requires_grad=True)
+    ref = torch.tensor([[math.log(0.25), math.log(0.3), -50.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss = kl_loss(lp, ref, mask)
+    assert loss.item() == pytest.approx((0.5 - 1 + math.log(2)) / 2, abs=1e-6)
+    loss.backward()  # d/dd (exp(-d) - 1 + d) / 2 = (1 - exp(-d)) / 2: 0.25 on the first token, 0 elsewhere
+    assert torch.allclose(lp.grad, torch.tensor([[0.25, 0.0, 0.0]]), atol=1e-6)

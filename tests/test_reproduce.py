@@ -12,15 +12,15 @@ from helpers import ROOT, run
 def test_reproduce_smoke_end_to_end(tmp_path):
     out = tmp_path / "repro"
     p = run("reproduce.py", "--preset", "smoke", "--task", "algo", "--out", str(out),
-            "--methods", "sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg,oracle")
+            "--methods", "sft,best_of_n,dpo,ppo,rloo,grpo,contrastive,rlp_uml,rlp_spg,oracle")
     res = json.loads((out / "results.json").read_text())
-    assert set(res["methods"]) == {"sft", "best_of_n", "ppo", "contrastive", "rlp_uml", "rlp_spg", "oracle"}
+    assert set(res["methods"]) == {"sft", "best_of_n", "dpo", "ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"}
     for m, s in res["methods"].items():
         for k in ("gold/win_rate", "gold/score", "proxy/score", "proxy/gain", "objective/kl", "eval/length"):
             assert math.isfinite(s[k]["mean"]), (m, k, s[k])
         assert 0.0 <= s["gold/win_rate"]["mean"] <= 1.0
     table = (out / "table.md").read_text()
-    for label in ("SFT", "best-of-n", "PPO", "contrastive", "RLP-UML", "RLP-SPG", "oracle"):
+    for label in ("SFT", "best-of-n", "DPO", "PPO", "RLOO", "GRPO", "contrastive", "RLP-UML", "RLP-SPG", "oracle"):
         assert label in table, label
     assert res["methods"]["sft"]["objective/kl"]["mean"] == 0.0  # the SFT policy against itself
     assert res["methods"]["sft"]["proxy/gain"]["mean"] == 0.0
@@ -29,7 +29,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert res["stages_reused"] == 0 and res["stages_run"] > 10
     # a second call finds every stage's record and reruns nothing; a changed setting reruns only what it touches
     p = run("reproduce.py", "--preset", "smoke", "--task", "algo", "--out", str(out),
-            "--methods", "sft,best_of_n,ppo,contrastive,rlp_uml,rlp_spg,oracle")
+            "--methods", "sft,best_of_n,dpo,ppo,rloo,grpo,contrastive,rlp_uml,rlp_spg,oracle")
     again = json.loads((out / "results.json").read_text())
     assert again["stages_run"] == 0 and again["stages_reused"] == res["stages_run"]
     assert again["methods"] == res["methods"]
@@ -55,8 +55,8 @@ def test_reproduce_smoke_end_to_end(tmp_path):
 
 
 def test_reproduce_rejects_unknown_method(tmp_path):
-    p = run("reproduce.py", "--methods", "ppo,dpo", "--out", str(tmp_path / "x"), check=False)
-    assert p.returncode != 0 and "--methods" in p.stderr + p.stdout and "dpo" in p.stderr + p.stdout
+    p = run("reproduce.py", "--methods", "ppo,kto", "--out", str(tmp_path / "x"), check=False)
+    assert p.returncode != 0 and "--methods" in p.stderr + p.stdout and "kto" in p.stderr + p.stdout
     p = run("reproduce.py", "--noise-sweep", "--noise-levels", "0.1,0.9", "--out", str(tmp_path / "y"), check=False)
     assert p.returncode != 0 and "[0, 0.5]" in p.stderr + p.stdout
 
@@ -122,7 +122,7 @@ def test_proxy_gain_is_taken_seed_by_seed(tmp_path):
 
 def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     """The progress bar's total (count_stages) equals the stages the call runs, for several settings; the default
-    call's 17 stages, all methods' 19 and --seeds 3's 51 are the README's; --ppo-seeds repeats only PPO and its eval."""
+    call's 17 stages, all methods' 25 and --seeds 3's 51 are the README's; --ppo-seeds repeats only PPO and its eval."""
     sys.path.insert(0, str(ROOT))
     import reproduce
 
@@ -134,7 +134,7 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
         return type("R", (), {"returncode": 0})()
 
     monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
-    cases = [([], 17), (["--methods", ",".join(reproduce.METHODS)], 19), (["--seeds", "3"], 51),
+    cases = [([], 17), (["--methods", ",".join(reproduce.METHODS)], 25), (["--seeds", "3"], 51),
              (["--methods", "sft,ppo,contrastive,oracle", "--seeds", "2", "--noise-sweep", "--noise-levels", "0.0,0.25"], None),
              (["--methods", "sft,best_of_n", "--noise-sweep"], None), (["--methods", "rlp_spg", "--ppo-seeds", "2"], None),
              (["--methods", "sft,ppo,rlp_uml", "--ppo-seeds", "3", "--noise-sweep", "--noise-levels", "0.25"], None)]
