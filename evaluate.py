@@ -60,7 +60,9 @@ def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
     out = Path(args.out)
     samples_path = out.with_name(out.stem + ".samples.jsonl")
-    dev = start_script(args, writes=[out, samples_path])
+    data = Path(args.data)
+    dev = start_script(args, writes=[out, samples_path],
+                       reads=[("--data", data / "meta.json")] + ([] if args.prompts else [("--data", data / "prompts_eval.jsonl")]))
     name = args.name or args.policy
 
     # 2. models: the policy, its reference and the RM must share one tokenizer
@@ -79,7 +81,6 @@ def main(argv=None):
         raise ValueError(f"--best-of-n {args.best_of_n} keeps the sample the reward model prefers: pass --rm")
 
     # 3. prompts and the gold judge
-    data = Path(args.data)
     prompts_path = Path(args.prompts) if args.prompts else data / "prompts_eval.jsonl"
     rows = read_jsonl(prompts_path, "prompts")
     prompts = [r["prompt"] for r in rows][:args.n_eval]

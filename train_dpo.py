@@ -34,7 +34,7 @@ from rlhf.evaluation import format_diagnostics
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import pairs_fitting, read_preference_split, rm_diagnostics
+from rlhf.reward import longest_pair, pairs_fitting, read_preference_split, rm_diagnostics
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
@@ -93,7 +93,7 @@ def main(argv=None):
     if resuming and run_finished(out, ckpt, steps, "diagnostics.json", more_steps=False):
         return
     print(f"{N} training pairs, {len(val)} held out, {steps} steps, beta {args.beta}")
-    check_memory(policy.config.training_bytes(2 * args.batch_size), dev, "--batch-size")
+    check_memory(policy.config.training_bytes(2 * args.batch_size, longest_pair(tok, train)), dev, "--batch-size")
     policy.to(dev), ref.to(dev)
     policy.grad_checkpoint = args.grad_checkpoint
     maybe_compile(policy, args.compile)
@@ -178,9 +178,10 @@ def main(argv=None):
         return
 
     # 5. held-out diagnostics of the implicit reward, the final report
-    diag = {f"dpo/{k}": v for k, v in evaluate().items()}
+    held = evaluate()
+    diag = {f"dpo/{k}": v for k, v in held.items()}  # diagnostics.json: as train_rm.py's rm/*, with the implicit reward
     diag.update({"dpo/train_seconds": train_time, "dpo/steps": steps, "dpo/train_pairs": N, **peak_memory(dev)})
-    metrics.log(steps, diag)
+    metrics.log(steps, {f"val/{k}": v for k, v in held.items()} | {k: v for k, v in diag.items() if k[4:] not in held})
     metrics.close()
     write_json(out / "diagnostics.json", diag)
     print(f"held-out pairs: DPO loss {diag['dpo/loss']:.4f}, implicit reward margin {diag['dpo/margin']:.3f}")

@@ -102,6 +102,9 @@ class Args(TrainArgs):
                              "the other samples of the same prompt")
         if self.batch_size % self.group_size:
             raise ValueError(f"--group-size {self.group_size} must divide --batch-size {self.batch_size}")
+        if self.advantage != "gae" and self.whiten_rewards:
+            raise ValueError(f"--whiten-rewards scales GAE's per-token rewards; --advantage {self.advantage} has none "
+                             "(its advantages come from each prompt's group)")
         if self.advantage != "gae" and self.reward == "contrastive":
             raise ValueError(f"--reward contrastive with --advantage {self.advantage}: the group baseline already subtracts a "
                              "mean over the same prompt, so the offline baseline would cancel; use --advantage gae")
@@ -140,7 +143,8 @@ def main(argv=None):
 
     # models: policy and frozen reference from SFT, frozen RM, the value function and the optimisers
     policy, ref, rm, tok = load_models(args, value_init, data, rl_prompts, eval_prompts)
-    check_memory(policy.config.training_bytes(args.batch_size // args.minibatches), dev, "--batch-size / --minibatches")
+    longest = max(len(q) for q in tok.encode_prompts(rl_prompts)) + args.max_new_tokens  # a rollout's longest row
+    check_memory(policy.config.training_bytes(args.batch_size // args.minibatches, longest), dev, "--batch-size / --minibatches")
     for m in (policy, ref, rm):
         if m is not None:
             m.to(dev)

@@ -39,7 +39,7 @@ from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import (bradley_terry_loss, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
+from rlhf.reward import (bradley_terry_loss, longest_pair, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
                          score_texts)
 from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
@@ -128,7 +128,7 @@ def main(argv=None):
     if resuming and run_finished(out, ckpt, steps, "diagnostics.json", more_steps=False):
         return
     print(f"{N} training pairs, {len(val)} held out, {steps} steps")
-    check_memory(policy.config.training_bytes(2 * args.batch_size, logits=False), dev, "--batch-size")
+    check_memory(policy.config.training_bytes(2 * args.batch_size, longest_pair(tok, train), logits=False), dev, "--batch-size")
     rm = ScalarModel(policy.config)
     rm.gpt.load_state_dict(policy.state_dict())
     rm.gpt.grad_checkpoint = args.grad_checkpoint

@@ -148,7 +148,8 @@ def main(argv=None):
     else:
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                          n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
-        check_memory(mcfg.training_bytes(args.batch_size), dev, "--vocab-size, --n-layer, --n-embd, --block-size and --batch-size")
+        longest = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
+        check_memory(mcfg.training_bytes(args.batch_size, longest), dev, "--vocab-size, --n-layer, --n-embd, --block-size and --batch-size")
         model = GPT(mcfg)
     model.to(dev)
     model.grad_checkpoint = args.grad_checkpoint

@@ -95,10 +95,10 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
         raise CheckpointError("json_files may not replace config.json or tokenizer.json")
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
-    if tmp.exists():  # left by an earlier crash mid-save: never trust it
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     try:
+        if tmp.exists():  # left by an earlier crash mid-save: never trust it
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         for name, (sd, cfg) in files.items():
             deduped, aliases = _dedupe(sd)
             _write_safetensors(deduped, tmp / f"{name}.safetensors")
@@ -126,12 +126,11 @@ def save_checkpoint(path, state_dict: dict[str, torch.Tensor], config: dict, kin
                 shutil.rmtree(old)
             path.rename(old)
         tmp.rename(path)
-        fsync_dir(path.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    except OSError as e:  # a complete checkpoint is at <path>, <path>.old or <path>.tmp; loading tries the first two
+    except OSError as e:  # a complete checkpoint is at <path> or <path>.old (loading tries both), the new one at .tmp
         raise CheckpointError(f"could not put the checkpoint {path} in place ({_reason(e)}); the complete previous one "
                               f"is at {path if path.exists() else old}, the new one at {tmp}") from e
+    fsync_dir(path.parent)  # best effort
+    shutil.rmtree(old, ignore_errors=True)  # the new checkpoint is in place; a leftover .old goes at the next save
 
 
 def _reason(e: BaseException) -> str:

@@ -317,16 +317,20 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         _drop_partial_tail(path)
-    with open(path, "ab") as f:
-        size = f.seek(0, os.SEEK_END)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # unbuffered: every failure surfaces here
+    try:
+        size = os.fstat(fd).st_size
         try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         except OSError as e:
             with contextlib.suppress(OSError):
-                f.truncate(size)
+                os.ftruncate(fd, size)
             raise named_os_error(e, path) from e
+    finally:
+        os.close(fd)
 
 
 def write_json(path, obj: Any) -> None:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.data import pad_left, pad_right
-from rlhf.sampling import response_logprobs
+from rlhf.sft import join_prompt_response
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
@@ -37,9 +36,15 @@ def implicit_reward(policy_logps, ref_logps, beta: float):
 
 def sequence_logps(model, tok, prompts: list[str], responses: list[str], device) -> torch.Tensor:
     """log pi(y|x) of each response given its prompt: the sum over the response tokens (EOS included) of
-    rlhf.sampling.response_logprobs, one forward over the left-padded prompts and right-padded responses.
+    log p(y_t | x, y_<t), from one forward over prompt + response rows right-padded as SFT lays them out
+    (rlhf.sft.join_prompt_response), so a row is never longer than its own pair. Column t predicts token t + 1.
+        sequence_logps = sum_t m_{t+1} * log softmax(logits_t)[ids_{t+1}],   m: the response tokens
     (B prompts, B responses) -> (B,)"""
-    q, qm = pad_left(tok.encode_prompts(prompts), tok.pad_id)
-    r, rm = pad_right(tok.encode_responses(responses), tok.pad_id)
-    q, qm, r, rm = (t.to(device) for t in (q, qm, r, rm))
-    return response_logprobs(model, q, qm, r, rm.to(torch.float32)).sum(1)
+    ids, mask, rmask = join_prompt_response(tok.encode_prompts(prompts), tok.encode_responses(responses), tok.pad_id)
+    ids, mask, rmask = ids.to(device), mask.to(device), rmask.to(device)
+    logits = model(ids, mask)  # (B, T, V)
+    B, T, V = logits.shape
+    targets = ids.roll(-1, dims=1)  # (B, T): column t's next token (the last column's is a dummy of weight 0)
+    m = F.pad(rmask[:, 1:], (0, 1))  # (B, T)
+    logp = -F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
+    return torch.where(m > 0, logp, 0.0).sum(1)

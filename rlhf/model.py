@@ -50,13 +50,14 @@ class GPTConfig:
         V, S, L, D = self.vocab_size, self.block_size, self.n_layer, self.n_embd
         return V * D + S * D + L * (12 * D * D + 13 * D) + 2 * D
 
-    def training_bytes(self, rows: int, logits: bool = True) -> int:
-        """A lower bound on the memory one fp32 training step of `rows` full-length sequences needs: weights,
-        gradients and AdamW's two moments (16 bytes a parameter), the logits with their softmax and gradient
-        (3 x rows x S x V floats; logits=False for a scalar head) and 17 saved activations of width D per token and
-        layer. Used to refuse sizes the machine cannot hold before anything is allocated (rlhf.device.check_memory)."""
-        tokens = rows * self.block_size
-        return 16 * self.n_params() + 4 * tokens * (3 * self.vocab_size * logits + 17 * self.n_layer * self.n_embd)
+    def training_bytes(self, rows: int, seq_len: int | None = None, logits: bool = True) -> int:
+        """A deliberately loose lower bound on the memory one fp32 AdamW training step of `rows` sequences of
+        `seq_len` tokens (default: the context) needs: weights, gradients and the two moments (16 bytes a parameter),
+        the fp32 log-softmax and its gradient (2 x rows x T x V floats; logits=False for a scalar head) and each
+        block's input (rows x T x D floats a layer, all activation checkpointing keeps). Used to refuse sizes no
+        machine of this memory can hold, before anything is allocated (rlhf.device.check_memory)."""
+        tokens = rows * min(seq_len or self.block_size, self.block_size)
+        return 16 * self.n_params() + 4 * tokens * (2 * self.vocab_size * logits + self.n_layer * self.n_embd)
 
 
 class KVCache:

@@ -238,6 +238,8 @@ def kl_loss(logprobs, ref_logprobs, mask):
     Ref: Shao et al. 2024 (arXiv 2402.03300) eq. 4 (Schulman 2020's k3):
         D_KL = pi_ref / pi - log(pi_ref / pi) - 1 = exp(-d) - 1 + d,   d = log pi(y_t) - log pi_ref(y_t)
         loss = masked_mean(D_KL)    (added as beta * loss to the clipped policy loss, eq. 3)
+    Averaged over every real token of the minibatch, as rlhf.ppo.policy_loss is; eq. 3 averages each response over
+    its own length first, then over the group (a departure the README lists).
     Gradients flow through `logprobs` (the current policy); `ref_logprobs` are constants.
     logprobs, ref_logprobs, mask (B, T) -> scalar
     """

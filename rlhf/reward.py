@@ -122,6 +122,13 @@ def pairs_fitting(tok, rows: list[dict], block_size: int, path) -> list[dict]:
     return kept
 
 
+def longest_pair(tok, rows: list[dict]) -> int:
+    """Tokens of the longest prompt + longer response among the pairs (the longest row a batch of them can hold)."""
+    p = tok.encode_prompts([r["prompt"] for r in rows])
+    c, r = tok.encode_responses([x["chosen"] for x in rows]), tok.encode_responses([x["rejected"] for x in rows])
+    return max(len(a) + max(len(b), len(d)) for a, b, d in zip(p, c, r))
+
+
 def pairs_that_fit(tok, prompts: list[str], chosen: list[str], rejected: list[str], block_size: int) -> list[int]:
     """Indices of the (prompt, chosen, rejected) texts whose prompt + longer response, as the template encodes
     them, fit a context of block_size tokens (rlhf.tokenizer.too_long)."""

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -81,6 +82,10 @@ def check_resume(out: Path, args, ckpt: Path) -> None:
         if k in saved and saved[k] is not None and v is not None and not _same_type(saved[k], v):
             raise RunDirError(f"{saved_path}: field {k!r} is {saved[k]!r} ({type(saved[k]).__name__}), but the flag takes "
                               f"a {type(v).__name__}; the file was not written by this script: start a new run")
+    # a flag added after the run started has its default there: a resume that sets it otherwise changes the run
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(args) if (f.default, f.default_factory) != (dataclasses.MISSING,) * 2}
+    saved = {**{k: defaults[k] for k in new if k not in saved and k in defaults}, **saved}
     changed = [k for k in new if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != new[k]]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {new[k]!r} (the run has {saved[k]!r})" for k in changed[:6])
@@ -163,15 +168,18 @@ def overlaps(a, b) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def refuse_writing_inputs(args, outputs) -> None:
-    """Refuse an output file that is one of the script's inputs or lies inside an input directory (a checkpoint, a
-    data directory): writing it would change what the command reads."""
+def refuse_writing_inputs(args, outputs, reads=()) -> None:
+    """Refuse an output that is a file or directory the script reads (its reads=True flags, plus `reads`: (flag, path)
+    of files it reads inside an input directory, e.g. ("--data", "data/story/meta.json")), or that lies inside an
+    input checkpoint (a directory holding model.safetensors, which a save replaces whole)."""
+    inputs = [*read_paths(args), *((flag, str(p)) for flag, p in reads)]
     for out in outputs:
-        hits = [(Path(out).resolve() != Path(inp).resolve(), flag, inp) for flag, inp in read_paths(args) if overlaps(out, inp)]
-        if hits:  # the input it would replace first, else the directory it would write into
-            inside, flag, inp = min(hits)
-            raise ValueError(f"{out} would be written {'inside' if inside else 'over'} {flag} {inp}, which this command reads; "
-                             "choose another --out")
+        o = Path(out).resolve()
+        for flag, inp in inputs:
+            i = Path(inp).resolve()
+            if o == i or (i in o.parents and (i / "model.safetensors").is_file()):
+                raise ValueError(f"{out} would be written {'over' if o == i else 'inside'} {flag} {inp}, which this command "
+                                 "reads; choose another --out")
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -302,11 +310,11 @@ def _start(args) -> torch.device:
     return dev
 
 
-def start_script(args, writes=()) -> torch.device:
+def start_script(args, writes=(), reads=()) -> torch.device:
     """The opening of a script that writes no run directory (_start, then seed everything with args.seed).
-    writes: the files it will write, none of which may be (or lie inside) an input (refuse_writing_inputs).
-    Returns the device."""
-    refuse_writing_inputs(args, writes)
+    writes: the files it will write, none of which may be an input or lie inside an input checkpoint; reads: the files
+    it reads inside input directories, as (flag, path) (refuse_writing_inputs). Returns the device."""
+    refuse_writing_inputs(args, writes, reads)
     dev = _start(args)
     seed_everything(args.seed)
     return dev

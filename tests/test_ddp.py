@@ -126,3 +126,24 @@ def test_ppo_runs_on_two_ranks(small):
     assert [r["step"] for r in rows] == [0, 1, 2]  # one writer; the held-out evaluation at 0 and 2
     assert "gold/score" in rows[0] and "gold/score" in rows[2] and rows[2]["objective/kl_coef"] == 0.05
     assert (d / "ppo" / "ckpt" / "model.safetensors").exists() and (d / "ppo" / "ckpt" / "value.safetensors").exists()
+
+
+def test_dpo_two_ranks_match_one_process_and_grpo_runs_on_two_ranks(small):
+    d = small
+    if not (d / "sft1" / "ckpt").exists():  # when run alone
+        run("train_sft.py", "--preset", "smoke", "--data", str(d / "data"), "--steps", "4", "--n-eval", "0",
+            "--batch-size", "16", "--threads", "1", "--out", str(d / "sft1"))
+    dpo = ["train_dpo.py", "--preset", "smoke", "--data", str(d / "data"), "--sft", str(d / "sft1" / "ckpt"), "--epochs", "0.15",
+           "--warmup-steps", "2", "--max-val-pairs", "40", "--threads", "1"]
+    run(*dpo, "--batch-size", "16", "--out", str(d / "dpo1"))
+    torchrun(*dpo, "--batch-size", "8", "--out", str(d / "dpo2"))
+    one, two = losses(d / "dpo1", "dpo/loss"), losses(d / "dpo2", "dpo/loss")
+    assert len(one) >= 3 and sorted(one) == sorted(two)
+    assert all(abs(one[s] - two[s]) < 1e-5 for s in one), (one, two)
+    # GRPO: each rank samples its own groups of k; no critic on any rank
+    torchrun("train_ppo.py", "--preset", "smoke", "--data", str(d / "data"), "--sft", str(d / "sft1" / "ckpt"),
+             "--reward", "gold", "--advantage", "grpo", "--group-size", "2", "--steps", "2", "--batch-size", "4",
+             "--max-new-tokens", "8", "--n-eval", "4", "--eval-every", "2", "--threads", "1", "--out", str(d / "grpo"))
+    rows = [json.loads(line) for line in (d / "grpo" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "ppo/loss/kl" in rows[1] and "ppo/loss/value" not in rows[1]
+    assert not (d / "grpo" / "ckpt" / "value.safetensors").exists()

@@ -59,7 +59,7 @@ def test_train_dpo_learns_the_labels_and_writes_a_policy(algo, tmp_path):
     assert cfg["stage"] == "dpo" and not all(torch.equal(v, sft[k]) for k, v in policy.state_dict().items())
 
 
-def test_dpo_bad_input(algo, tmp_path):
+def test_dpo_bad_input(algo, tmp_path, capsys):
     (tmp_path / "nopairs").mkdir()
     shutil.copy(algo / "data" / "meta.json", tmp_path / "nopairs" / "meta.json")
     base = ["--preset", "smoke", "--sft", str(algo / "sft" / "ckpt")]
@@ -72,7 +72,7 @@ def test_dpo_bad_input(algo, tmp_path):
     for flags, message in ((["--beta", "0"], "--beta must be > 0.0 (got 0.0)"), (["--beta", "inf"], "--beta must be a finite number")):
         with pytest.raises(SystemExit) as e:
             train_dpo.main(base + flags)
-        assert e.value.code == 2
+        assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_dpo_killed_and_resumed_matches_uninterrupted(algo, tmp_path):

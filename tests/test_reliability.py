@@ -37,6 +37,7 @@ from rlhf.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  #
 from rlhf.resume import load_train_state, resume, save_step  # noqa: E402
 from rlhf.run import read_metrics  # noqa: E402
 from rlhf.data import SCHEMAS, DataError, append_jsonl, read_json, read_jsonl, read_objects  # noqa: E402
+from rlhf.reward import pairs_fitting  # noqa: E402
 from rlhf.tokenizer import Tokenizer  # noqa: E402
 
 TIMING = ("time/", "per_s", "seconds")
@@ -554,7 +555,7 @@ def test_rm_pairs_longer_than_the_context(algo, tmp_path):
         f"{pairs}: no pair fits the model's context of 128 tokens (prompt + response, in tokens)"
     tok = Tokenizer.from_json((algo / "sft" / "ckpt" / "tokenizer.json").read_text())
     short = {"prompt": "copy: a b", "chosen": "a b", "rejected": "b a"}
-    assert train_rm.fitting(tok, [short, long, short], 128, pairs) == [short, short]  # as SFT, long ones are skipped
+    assert pairs_fitting(tok, [short, long, short], 128, pairs) == [short, short]  # as SFT, long ones are skipped
 
 
 def test_empty_and_missing_data_files(algo, tmp_path):
@@ -740,8 +741,14 @@ def test_resuming_a_finished_run_does_nothing_and_a_foreign_config_is_refused(al
                    "--out", str(tmp_path / "rm"), "--resume"])
     assert "already finished" in capsys.readouterr().out
     assert {stage: files(tmp_path / stage) for stage in ("sft", "rm")} == before  # no second report, no new rows
-    # config.json is type-checked on resume; a checkpoint's model config on load
+    # a flag the saved config.json does not have (added after the run started) counts as its default there
     cfg = tmp_path / "sft" / "config.json"
+    saved = json.loads(cfg.read_text())
+    cfg.write_text(json.dumps({k: v for k, v in saved.items() if k != "lr_schedule"}))
+    assert _err(train_sft.main, sft + ["--lr-schedule", "linear"]).startswith(
+        f"--resume of {tmp_path / 'sft'} with other settings than it was started with: --lr-schedule 'linear' (the run has 'cosine')")
+    cfg.write_text(json.dumps(saved))
+    # config.json is type-checked on resume; a checkpoint's model config on load
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lr": "0.003"}))
     assert _err(train_sft.main, sft) == (f"{cfg}: field 'lr' is '0.003' (str), but the flag takes a float; the file was not "
                                          "written by this script: start a new run")

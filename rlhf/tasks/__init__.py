@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from typing import Callable
 
 SPLITS = ("sft", "rl", "unlabelled", "eval")
 TASKS = ("algo", "story")
@@ -170,7 +171,7 @@ class Task:
     def gold(self, prompt: str, response: str) -> float:
         """The gold judge: the task's formula over `gold_components`, clipped to [0, 1]. Never raises on a
         string: a prompt outside the task's grammar (a user's own data) has no gold judgement and gets NaN,
-        which every gold figure leaves out (rlhf.evaluation.known_gold)."""
+        which every gold figure leaves out (known_rows; rlhf.evaluation, rlhf.reward.rm_diagnostics)."""
         if not self.knows(prompt):
             return float("nan")
         return min(1.0, max(0.0, self._combine(self.gold_components(prompt, response))))
@@ -198,7 +199,7 @@ class Task:
         return dict(self.annotator)
 
 
-def known_rows(task: Task, prompts: list[str], where: str) -> list[int]:
+def known_rows(task: Task, prompts: list[str], where: Callable[[int], str]) -> list[int]:
     """Indices of the prompts in the task's grammar (the only ones with a gold judgement). When some are not, one
     warning says how many and names the first (`where(i)` gives a place, e.g. "file:line", for prompt i)."""
     known = [i for i, p in enumerate(prompts) if task.knows(p)]
