@@ -15,7 +15,6 @@ train_ppo.py read) and diagnostics.json into --out.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -129,17 +128,13 @@ def main(argv=None):
         return {"loss": dpo_loss(pc, pr, rc, rr, args.beta).item(), "margin": (rw_c - rw_r).mean().item(),
                 **{k[3:]: v for k, v in d.items()}}
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        return torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000003 + epoch)).tolist()
-
     # 4. training loop: per micro-batch one forward of 2B sequences through the policy, one through the reference
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
     policy.train()
     t0 = time.time()
     pbar = tqdm(range(start, steps), desc="dpo", initial=start, total=steps, disable=not distributed.is_main())
     for step in pbar:
-        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
+        batch = [train[i] for i in distributed.step_indices(N, args.seed, step, args.batch_size * args.grad_accum)]
         set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
         opt.zero_grad(set_to_none=True)
         loss, margins = 0.0, []

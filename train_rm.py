@@ -18,7 +18,6 @@ component only. Writes config.json, metrics.jsonl (rm/*), ckpt/ and diagnostics.
 """
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass
@@ -160,17 +159,13 @@ def main(argv=None):
         s = score_texts(rm, tok, p + p, [r["chosen"] for r in val] + [r["rejected"] for r in val])
         return rm_diagnostics(p, [r["chosen"] for r in val], [r["rejected"] for r in val], s[:len(val)], s[len(val):], task)
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        return torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000003 + epoch)).tolist()
-
     # 4. training loop: one forward of 2(B + U) sequences per step
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
     rm.train()
     t0 = time.time()
     pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())
     for step in pbar:
-        batch = [train[epoch_order(pos // N)[pos % N]] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
+        batch = [train[i] for i in distributed.step_indices(N, args.seed, step, args.batch_size * args.grad_accum)]
         g = torch.Generator(dev).manual_seed(distributed.rank_seed(args.seed * 1000003 + step))
         set_lr(opt, lr_factor(step, steps, args.warmup_steps, args.lr_schedule))
         opt.zero_grad(set_to_none=True)

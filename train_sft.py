@@ -13,7 +13,6 @@ at temperature 0.7 with their gold scores when the task has a gold judge).
 """
 from __future__ import annotations
 
-import functools
 import random
 import time
 from dataclasses import dataclass
@@ -126,15 +125,6 @@ def main(argv=None):
     response_ids = [response_ids[i] for i in keep]
     N = len(keep)
 
-    @functools.lru_cache(maxsize=2)
-    def epoch_order(epoch: int) -> list[int]:
-        return torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000003 + epoch)).tolist()
-
-    def batch_indices(step: int) -> list[int]:
-        """Deterministic in (seed, step), so a resumed run sees the same batches: epoch e is a
-        permutation seeded by (seed, e), read in order."""
-        return [epoch_order(pos // N)[pos % N] for pos in distributed.batch_positions(step, args.batch_size * args.grad_accum)]
-
     # the final evaluation's prompts must leave room for --max-new-tokens: checked now, not after training
     eval_path = data / "prompts_eval.jsonl"
     eval_prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts")][:args.n_eval] if args.n_eval and eval_path.exists() else []
@@ -173,7 +163,7 @@ def main(argv=None):
     t0, tokens = time.time(), 0
     pbar = tqdm(range(start, args.steps), desc="sft", initial=start, total=args.steps, disable=not distributed.is_main())
     for step in pbar:
-        idx = batch_indices(step)
+        idx = distributed.step_indices(N, args.seed, step, args.batch_size * args.grad_accum)  # deterministic in (seed, step)
         set_lr(opt, lr_factor(step, args.steps, args.warmup_steps, args.lr_schedule))
         micro = [join_prompt_response([prompt_ids[i] for i in idx[j:j + args.batch_size]], [response_ids[i] for i in idx[j:j + args.batch_size]],
                                       tok.pad_id) for j in range(0, len(idx), args.batch_size)]  # grad_accum x (ids, mask, rmask)

@@ -23,6 +23,7 @@ The conventions train_sft.py, train_rm.py and train_ppo.py share:
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import sys
 
@@ -89,6 +90,18 @@ def batch_positions(step: int, batch_size: int) -> range:
     """Positions in the data stream of this rank's share of step `step`'s global batch of world * B."""
     start = (step * world_size() + rank()) * batch_size
     return range(start, start + batch_size)
+
+
+def step_indices(n: int, seed: int, step: int, batch_size: int) -> list[int]:
+    """The indices (into n training examples) of this rank's share of step `step`: epoch e is a permutation of range(n)
+    seeded by seed * 1000003 + e, read in order, so the batches depend on (seed, step) alone and a resumed run sees
+    the same ones (train_sft.py, train_rm.py and train_dpo.py share this order)."""
+    return [_epoch_order(n, seed, pos // n)[pos % n] for pos in batch_positions(step, batch_size)]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000003 + epoch)).tolist()
 
 
 # ---- collectives (identity in a single process) ------------------------------------------------
