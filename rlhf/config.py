@@ -173,12 +173,12 @@ def config_to_dict(cfg) -> dict:
     return {k: (str(v) if isinstance(v, PurePath) else v) for k, v in dataclasses.asdict(cfg).items()}
 
 
-def print_config(cfg) -> None:
-    """Print one aligned "name = value" line per field."""
+def print_config(cfg, file=None) -> None:
+    """Print one aligned "name = value" line per field (to `file`, default standard output)."""
     d = config_to_dict(cfg)
     width = max((len(k) for k in d), default=0)
     for k, v in d.items():
-        print(f"{k:<{width}} = {v}")
+        print(f"{k:<{width}} = {v}", file=file)
 
 
 # ---- the flags every script shares --------------------------------------------------------------

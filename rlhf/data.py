@@ -198,6 +198,26 @@ def read_jsonl(path, kind: str, max_line_bytes: int = 1 << 20, allow_partial_tai
     return rows
 
 
+def read_text_lines(path, max_line_bytes: int = 1 << 20) -> list[tuple[str, str]]:
+    """The non-blank lines of a UTF-8 text file (one prompt a line), each with its "file:line" -> [(where, text)].
+    Refuses what _open_for_reading refuses (a FIFO, a device, a directory) and lines over the byte limit."""
+    out = []
+    with _open_for_reading(Path(path)) as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 2), b""), start=1):
+            where = f"{path}:{lineno}"
+            if len(raw.rstrip(b"\r\n")) > max_line_bytes:
+                raise DataError(f"{where}: line is over the {max_line_bytes}-byte limit")
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: bytes are not valid UTF-8 (at byte {e.start + 1})") from None
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")
+            if text.strip():
+                out.append((where, text))
+    return out
+
+
 def record_location(path, index: int, max_line_bytes: int = 1 << 20) -> str:
     """"file:line" of the index-th (0-based) record read_jsonl returned from `path`, for an error found after
     reading (blank lines are skipped there, so the record number alone could name the wrong line)."""
