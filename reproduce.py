@@ -48,7 +48,7 @@ from rlhf.data import read_json, write_json
 from rlhf.device import device_error
 from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagnostics, summarise, table, winrates,
                          write_csv, write_text)
-from rlhf.run import run_cli
+from rlhf.run import provenance, run_cli
 
 PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
 # What each preset changes beyond passing --preset to every script. Tiny: the README's settings.
@@ -250,6 +250,19 @@ def count_stages(args, methods: list[str], levels: list[float]) -> int:
     return counter.n
 
 
+def no_op_warnings(records: list[dict]) -> dict[str, str]:
+    """method -> a note for its table row when some of its runs trained on an RLP-SPG RM that made 0 synthetic pairs
+    (the first RM's data again: that row is not RLP-SPG)."""
+    out = {}
+    for m in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == m]
+        zero = [r for r in runs if (r["rm"] / "diagnostics.json").exists()
+                and read_json(r["rm"] / "diagnostics.json").get("rlp/spg_pairs") == 0]
+        if zero:
+            out[m] = f"WARNING: 0 synthetic pairs in {len(zero)} of {len(runs)} runs, so they retrained on the first RM's data"
+    return out
+
+
 def by_method(records: list[dict], methods: list[str], key: str) -> dict[str, list]:
     """method -> the `key` of each of its run records, in order."""
     return {m: [r[key] for r in records if r["method"] == m] for m in methods}
@@ -279,7 +292,7 @@ def main(argv=None):
     levels = parse_levels(args.noise_levels) if args.noise_sweep else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", {**vars(args), "methods": methods})
+    write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
     st = Stages(out, count_stages(args, methods, levels), args.threads, args.device)
     t0 = time.time()
     records = run_all(st, args, methods, levels)
@@ -298,11 +311,13 @@ def main(argv=None):
               + (f"; RLOO and GRPO: the same rollouts an iteration and the same iterations as PPO, in groups of "
                  f"{SETTINGS[args.preset]['group_size']} samples a prompt" if {"rloo", "grpo"} & set(methods) else "")
               + ("; DPO: one epoch over the RM's training pairs" if "dpo" in methods else "") + "\n\n")
-    md = header + table({LABELS[m]: s for m, s in summary.items()})
+    warnings = no_op_warnings(base)
+    md = header + table({LABELS[m] + (f" ({warnings[m]})" if m in warnings else ""): s for m, s in summary.items()})
     results = {"config": {**vars(args), "methods": methods}, "methods": summary,
                "stage_seconds": {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))
                                  if not p.name.endswith(".pending.json")},
-               "wall_seconds_this_call": round(wall, 1), "stages_run": st.ran, "stages_reused": st.reused}
+               "wall_seconds_this_call": round(wall, 1), "stages_run": st.ran, "stages_reused": st.reused,
+               "warnings": warnings}
     if levels:
         fam = [m for m in methods if m in PPO_FAMILY]
         noise = {lvl: summarise(by_method(recs, fam, "eval"), seed_of=by_method(recs, fam, "seed"))

@@ -33,7 +33,7 @@ from rlhf.data import read_jsonl, write_json
 from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.evaluation import format_diagnostics, rm_report
 from rlhf.gpt2 import load_gpt2
-from rlhf.metrics import pair_accuracy
+from rlhf.metrics import few_caveat, pair_accuracy
 from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
@@ -264,7 +264,12 @@ def synthetic_pairs(args, samples: list[dict], task) -> tuple[list[dict], dict]:
         decided = [a > b for a, b in g if a > b or a < b]  # ties and NaN (a prompt outside the task) left out
         stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
     print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
-          + (f", {stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them" if task else ""))
+          + (f", {stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them{few_caveat(len(decided))}"
+             if task and syn else ""))
+    if not syn:  # a silent no-op otherwise: the "retrained" RM would see exactly the first RM's data
+        print(f"\n{'!' * 78}\nWARNING: RLP-SPG made 0 synthetic pairs from {len(samples)} prompts (--spg-gamma {args.spg_gamma}): "
+              "this RM trains on the human pairs alone, the first RM's data; lower --spg-gamma, or sample more prompts "
+              f"or more responses per prompt\n{'!' * 78}\n")
     return syn, stats
 
 

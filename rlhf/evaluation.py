@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from rlhf.metrics import bootstrap_ci, pair_accuracy, win_outcomes
+from rlhf.metrics import bootstrap_ci, few_caveat, pair_accuracy, win_outcomes
 from rlhf.ppo import sequence_kl
 from rlhf.reward import pairs_that_fit, policy_sample_pairs, rm_diagnostics, score_rollout, score_texts
 from rlhf.sampling import Rollout, response_logprobs, sample
@@ -231,7 +231,8 @@ def rm_report(rm, tok, task, policy, sft_prompts: list[str], held_samples: list[
         before, n_hp = rm_pair_accuracy([x[3] for x in hp], [x[4] for x in hp], ga, gb)
         after, _ = rm_pair_accuracy(s[:len(hp)].tolist(), s[len(hp):].tolist(), ga, gb)
         out.update({"rlp/onpolicy_gold_accuracy_before": before, "rlp/onpolicy_gold_accuracy_after": after, "rlp/onpolicy_pairs": n_hp})
-        print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}")
+        print(f"RM accuracy against gold on {n_hp} pairs of held-out policy samples: before {before:.3f}, after {after:.3f}"
+              + few_caveat(n_hp))
     return out
 
 

@@ -158,8 +158,33 @@ def prepare_run_dir(path, cfg, resume: bool = False, overwrite: bool = False) ->
             else:
                 child.unlink()
     p.mkdir(parents=True, exist_ok=True)
-    write_json(p / "config.json", config_to_dict(cfg))
+    old = read_json(p / "config.json").get("provenance") if resume and (p / "config.json").is_file() else None
+    history = (old if isinstance(old, list) else []) + [provenance()]  # one entry per start or resume of the run
+    write_json(p / "config.json", config_to_dict(cfg) | {"provenance": history})
     return p
+
+
+def provenance() -> dict:
+    """What a run ran with: the git commit of this code (and whether the tree had uncommitted changes; None outside
+    a git checkout), the time, and the versions of python, torch, tokenizers and numpy."""
+    import platform
+    import subprocess
+    import time
+
+    import tokenizers
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*argv):
+        try:
+            p = subprocess.run(["git", "-C", str(repo), *argv], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+            "torch": torch.__version__, "tokenizers": tokenizers.__version__, "numpy": np.__version__}
 
 
 def overlaps(a, b) -> bool:
@@ -298,24 +323,25 @@ def run_cli(main) -> None:
         release_run_dirs()
 
 
-def _start(args) -> torch.device:
+def _start(args, config_file=None) -> torch.device:
     """Resolve --device and --dtype (stored back into args, so the printed and saved config says what ran), join a
     torchrun process group when there is one, print the config, set CPU threads (args.threads > 0)."""
     dev = resolve_device(args.device)
     args.device, args.dtype = str(dev), resolve_dtype(args.dtype, dev)
     distributed.init(args.device)
-    print_config(args)
+    print_config(args, config_file)
     if args.threads:
         torch.set_num_threads(args.threads)
     return dev
 
 
-def start_script(args, writes=(), reads=()) -> torch.device:
+def start_script(args, writes=(), reads=(), config_file=None) -> torch.device:
     """The opening of a script that writes no run directory (_start, then seed everything with args.seed).
     writes: the files it will write, none of which may be an input or lie inside an input checkpoint; reads: the files
-    it reads inside input directories, as (flag, path) (refuse_writing_inputs). Returns the device."""
+    it reads inside input directories, as (flag, path) (refuse_writing_inputs); config_file: where the config is
+    printed (sys.stderr for a script whose standard output is its result). Returns the device."""
     refuse_writing_inputs(args, writes, reads)
-    dev = _start(args)
+    dev = _start(args, config_file)
     seed_everything(args.seed)
     return dev
 

@@ -1,6 +1,7 @@
 """rlhf.config: flags from a dataclass, presets, limits, run directories, seeding, metrics."""
 import json
 import random
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +128,13 @@ def test_prepare_run_dir(tmp_path):
                                           r"to continue it or --overwrite to replace it"):
         prepare_run_dir(run, Args())
     prepare_run_dir(run, Args(batch_size=3), resume=True)
-    assert (run / "metrics.jsonl").exists() and json.loads((run / "config.json").read_text())["batch_size"] == 3
+    cfg = json.loads((run / "config.json").read_text())
+    assert (run / "metrics.jsonl").exists() and cfg["batch_size"] == 3
+    # provenance: one entry for the start and one for each resume, naming this code's commit and the packages
+    head = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
+    assert len(cfg["provenance"]) == 2 and all(e["git_commit"] == head for e in cfg["provenance"])
+    assert cfg["provenance"][0]["torch"] == torch.__version__ and set(cfg["provenance"][0]) >= {"git_dirty", "tokenizers", "numpy"}
     (run / "ckpt").mkdir()
     prepare_run_dir(run, Args(), overwrite=True)
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]

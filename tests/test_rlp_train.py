@@ -1,8 +1,9 @@
 """RLP retraining of the reward model end to end (smoke size, algo): RLP-UML and RLP-SPG switches of train_rm.py."""
 import json
+import sys
 
 import pytest
-from helpers import run
+from helpers import ROOT, run
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,17 @@ def test_rlp_flag_errors(algo, policy_samples):
     assert p.returncode != 0 and "need --policy-samples" in p.stderr
     p = _rm(algo, d, "badgamma", "--spg-gamma", "1.5", check=False)
     assert p.returncode == 2 and "--spg-gamma" in p.stderr
+
+
+def test_spg_with_no_synthetic_pair_warns_loudly_and_reproduce_marks_the_row(algo, policy_samples, tmp_path):
+    d = policy_samples
+    # gamma 1.0 needs every sample in the largest cluster and a second cluster besides: never, so 0 pairs
+    p = _rm(algo, d, "spg_none", "--spg-gamma", "1.0")
+    assert json.loads((d / "spg_none" / "diagnostics.json").read_text())["rlp/spg_pairs"] == 0
+    assert "WARNING: RLP-SPG made 0 synthetic pairs from" in p.stdout and "the first RM's data" in p.stdout
+    sys.path.insert(0, str(ROOT))
+    import reproduce
+    records = [{"method": "rlp_spg", "rm": d / "spg_none"}, {"method": "rlp_spg", "rm": d / "spg_all"},
+               {"method": "ppo", "rm": algo / "rm"}]
+    assert reproduce.no_op_warnings(records) == {
+        "rlp_spg": "WARNING: 0 synthetic pairs in 1 of 2 runs, so they retrained on the first RM's data"}
