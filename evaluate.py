@@ -24,8 +24,9 @@ from pathlib import Path
 
 from rlhf import tasks
 from rlhf.checkpoint import load_model
-from rlhf.config import DeviceArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, DeviceArgs, arg, config_to_dict, parse_args
 from rlhf.run import run_cli, start_script
+from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
 from rlhf.device import peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
@@ -34,7 +35,7 @@ from rlhf.sampling import check_prompts_fit
 
 
 @dataclass
-class Args(DeviceArgs):
+class Args(DataArgs, DeviceArgs):
     policy: str = arg("runs/ppo/ckpt", "policy checkpoint to evaluate", reads=True)
     reference: str | None = arg("runs/sft/ckpt", "reference policy (win rate and KL are against it; none: skip both)", reads=True)
     rm: str | None = arg(None, "reward model checkpoint: proxy score, on-policy RM accuracy, best-of-n", reads=True)
@@ -82,7 +83,7 @@ def main(argv=None):
 
     # 3. prompts and the gold judge
     prompts_path = Path(args.prompts) if args.prompts else data / "prompts_eval.jsonl"
-    rows = read_jsonl(prompts_path, "prompts")
+    rows = read_jsonl(prompts_path, "prompts", fmt=data_format(args))
     prompts = [r["prompt"] for r in rows][:args.n_eval]
     if not prompts:
         raise ValueError(f"{prompts_path} holds no prompts")

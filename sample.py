@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from rlhf.checkpoint import load_model
-from rlhf.config import DeviceArgs, arg, parse_args
+from rlhf.config import DataArgs, DeviceArgs, arg, parse_args
+from rlhf.formats import data_format
 from rlhf.data import DataError, atomic_write_bytes, read_jsonl, read_text_lines
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.precision import autocast
@@ -33,7 +34,7 @@ from rlhf.tokenizer import too_long
 
 
 @dataclass
-class Args(DeviceArgs):
+class Args(DataArgs, DeviceArgs):
     policy: str = arg("runs/ppo/ckpt", "policy checkpoint to sample from", reads=True)
     prompt: list[str] | None = arg(None, "prompt text(s) given on the command line")
     prompts: str | None = arg(None, "prompts file: .jsonl ({\"prompt\": ...} a line) or plain text (one prompt a line); "
@@ -66,7 +67,7 @@ def read_prompts(args) -> list[tuple[str, str]]:
     elif args.prompts not in (None, "-"):
         path = Path(args.prompts)
         if path.suffix == ".jsonl":
-            rows = [(f"{path}: record {i + 1}", r["prompt"]) for i, r in enumerate(read_jsonl(path, "prompts"))]
+            rows = [(f"{path}: record {i + 1}", r["prompt"]) for i, r in enumerate(read_jsonl(path, "prompts", fmt=data_format(args)))]
         else:
             rows = read_text_lines(path)
     else:

@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from rlhf.checkpoint import load_model, weights_digest
-from rlhf.config import DeviceArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, DeviceArgs, arg, config_to_dict, parse_args
 from rlhf.run import run_cli, start_script
+from rlhf.formats import data_format
 from rlhf.data import DataError, append_jsonl, atomic_write_bytes, read_json, read_jsonl, validate_record, write_json
 from rlhf.evaluation import check_same_tokenizer
 from rlhf.precision import autocast
@@ -35,7 +36,7 @@ from rlhf.sampling import check_prompts_fit, sample
 
 
 @dataclass
-class Args(DeviceArgs):
+class Args(DataArgs, DeviceArgs):
     policy: str = arg("runs/sft/ckpt", "policy checkpoint to sample from", reads=True)
     rm: str = arg("runs/rm/ckpt", "reward model checkpoint that scores the samples", reads=True)
     prompts: str = arg("data/story/prompts_rl.jsonl", "prompts JSONL", reads=True)
@@ -64,7 +65,7 @@ def main(argv=None):
     rm.to(dev).eval()
 
     # 2. prompts, and what a partial output already holds
-    prompts = [r["prompt"] for r in read_jsonl(args.prompts, "prompts")]
+    prompts = [r["prompt"] for r in read_jsonl(args.prompts, "prompts", fmt=data_format(args))]
     check_prompts_fit(tok, prompts, policy.config.block_size, args.max_new_tokens, args.prompts)
     prompts = list(dict.fromkeys(prompts))  # distinct, in order
     settings = {k: v for k, v in config_to_dict(args).items() if k in _SAME} | {

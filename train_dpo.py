@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from rlhf import distributed
 from rlhf.checkpoint import last_good, load_model
-from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
+from rlhf.formats import data_format
 from rlhf.data import write_json
 from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.dpo import dpo_loss, implicit_reward, sequence_logps
@@ -38,7 +39,7 @@ from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
 @dataclass
-class Args(TrainArgs):
+class Args(DataArgs, TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)", reads=True)
     pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl", reads=True)
     sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the policy to start from and the frozen reference", reads=True)
@@ -80,7 +81,8 @@ def main(argv=None):
     # 2. data: the pairs and train_rm.py's held-out split
     data = Path(args.data)
     pairs_path = Path(args.pairs) if args.pairs else data / "preferences.jsonl"
-    task, train, val = read_preference_split(pairs_path, data, args.seed, args.val_fraction, args.max_val_pairs)
+    task, train, val = read_preference_split(pairs_path, data, args.seed, args.val_fraction, args.max_val_pairs,
+                                              data_format(args))
 
     # 3. models: the policy from SFT (or its checkpoint when resuming), the frozen reference
     policy, tok, sft_cfg = load_model(args.sft, "policy")

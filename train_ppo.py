@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_model
-from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
+from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location
 from rlhf.device import check_memory, clock, oom_guard, peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
@@ -49,13 +50,15 @@ from rlhf.sampling import check_prompts_fit, response_logprobs, response_values,
 
 
 @dataclass
-class Args(TrainArgs):
+class Args(DataArgs, TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
     sft: str = arg("runs/sft/ckpt", "SFT checkpoint: the initial policy and the frozen reference", reads=True)
     rm: str | None = arg("runs/rm/ckpt", "reward model checkpoint (unused with --reward gold)", reads=True)
     reward: str = arg("rm", "what PPO maximises: the RM score, the RM score minus its offline baseline (contrastive), or the gold judge (oracle control)", choices=["rm", "contrastive", "gold"])
     baselines: str | None = arg(None, "--reward contrastive: samples JSONL from sample_baselines.py covering every RL prompt", reads=True)
     baseline_agg: str = arg("mean", "--reward contrastive: how the k baseline rewards make one baseline", choices=["mean", "median", "max", "min"])
+    rl_prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_rl.jsonl (the rollouts' prompts)", reads=True)
+    eval_prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl (held-out evaluations)", reads=True)
     out: str = arg("runs/ppo", "run directory")
     preset: str = arg("tiny", "preset; explicit flags override it")
     seed: int = arg(0, "fixes prompts order, sampling and minibatches", ge=0, le=2**32 - 1)
@@ -288,26 +291,33 @@ def main(argv=None):
 
 def load_data(args, data: Path):
     """-> (RL prompts, eval prompts, the task (None without meta.json), prompt -> baseline rewards or None)."""
-    rl_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_rl.jsonl", "prompts")]
-    eval_prompts = [r["prompt"] for r in read_jsonl(data / "prompts_eval.jsonl", "prompts")][:args.n_eval]
+    rl_path, eval_path = prompt_paths(args, data)
+    rl_prompts = [r["prompt"] for r in read_jsonl(rl_path, "prompts", fmt=data_format(args))]
+    eval_prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts", fmt=data_format(args))][:args.n_eval]
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
     task = tasks.task_from_meta(meta)
     baselines = load_baselines(args.baselines, rl_prompts) if args.reward == "contrastive" else None
     if args.reward == "gold" and task is None:
         raise ValueError(f"--reward gold needs a gold judge: {data} has no meta.json from prepare_data.py")
     if args.reward == "gold" and (bad := next((i for i, p in enumerate(rl_prompts) if not task.knows(p)), None)) is not None:
-        raise ValueError(f"--reward gold: {record_location(data / 'prompts_rl.jsonl', bad)}: the prompt is outside the "
+        raise ValueError(f"--reward gold: {record_location(rl_path, bad)}: the prompt is outside the "
                          f"{task.name} task's grammar, so the gold judge cannot score it: {rl_prompts[bad][:60]!r}")
     if task is not None:  # the held-out evaluations leave such prompts out of their gold figures
-        tasks.known_rows(task, eval_prompts, lambda i: record_location(data / "prompts_eval.jsonl", i))
+        tasks.known_rows(task, eval_prompts, lambda i: record_location(eval_path, i))
     return rl_prompts, eval_prompts, task, baselines
+
+
+def prompt_paths(args, data: Path) -> tuple[Path, Path]:
+    """The RL and the held-out prompts files: --rl-prompts / --eval-prompts, else DATA's."""
+    return (Path(args.rl_prompts) if args.rl_prompts else data / "prompts_rl.jsonl",
+            Path(args.eval_prompts) if args.eval_prompts else data / "prompts_eval.jsonl")
 
 
 def load_models(args, value_init: str, data: Path, rl_prompts, eval_prompts):
     """-> (policy, frozen reference, frozen RM or None, tokenizer); every prompt checked against the context."""
     policy, tok, _ = load_model(args.sft, "policy")
-    for name, ps in (("prompts_rl.jsonl", rl_prompts), ("prompts_eval.jsonl", eval_prompts)):  # fail now, not at iteration 37
-        check_prompts_fit(tok, ps, policy.config.block_size, args.max_new_tokens, data / name)
+    for path, ps in zip(prompt_paths(args, data), (rl_prompts, eval_prompts)):  # fail now, not at iteration 37
+        check_prompts_fit(tok, ps, policy.config.block_size, args.max_new_tokens, path)
     ref, ref_tok, _ = load_model(args.sft, "policy")
     ref.eval().requires_grad_(False)
     rm = None

@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from rlhf import distributed
 from rlhf.checkpoint import last_good, load_model
-from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
+from rlhf.formats import data_format
 from rlhf.data import read_jsonl, write_json
 from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.evaluation import format_diagnostics, rm_report
@@ -45,7 +46,7 @@ from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
 @dataclass
-class Args(TrainArgs):
+class Args(DataArgs, TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)", reads=True)
     pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl", reads=True)
     sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from", reads=True)
@@ -222,7 +223,7 @@ def main(argv=None):
         rm.scale *= s.std().clamp(min=1e-6)
         print(f"normalised: shift {rm.shift.item():.4f}, scale {rm.scale.item():.4f}")
     eval_prompts = data / "prompts_eval.jsonl"
-    sft_prompts = ([r["prompt"] for r in read_jsonl(eval_prompts, "prompts")][:args.n_policy_pairs]
+    sft_prompts = ([r["prompt"] for r in read_jsonl(eval_prompts, "prompts", fmt=data_format(args))][:args.n_policy_pairs]
                    if task is not None and args.n_policy_pairs and eval_prompts.exists() else [])
     diag = evaluate() | rm_report(rm, tok, task, policy, sft_prompts, held_samples, seed=args.seed) | rlp_stats
     diag.update({"rm/train_seconds": train_time, "rm/steps": steps, "rm/train_pairs": N, **peak_memory(dev)})
@@ -238,7 +239,8 @@ def load_pairs(args, data: Path):
     """-> (task or None, pairs file, training pairs (RLP-SPG's synthetic pairs included), held-out pairs,
     held-out policy-samples rows, RLP-UML rows (two different samples at least), RLP statistics)."""
     pairs_path = Path(args.pairs) if args.pairs else data / "preferences.jsonl"
-    task, train, val = read_preference_split(pairs_path, data, args.seed, args.val_fraction, args.max_val_pairs)
+    task, train, val = read_preference_split(pairs_path, data, args.seed, args.val_fraction, args.max_val_pairs,
+                                              data_format(args))
     samples, held_samples, rlp_stats = [], [], {}
     if args.policy_samples:  # RLP: 10% of the sampled prompts are kept aside to measure on-policy accuracy
         samples = read_jsonl(args.policy_samples, "samples")

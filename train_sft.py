@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from rlhf import distributed, tasks
 from rlhf.checkpoint import last_good, load_tokenizer
-from rlhf.config import TrainArgs, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
 from rlhf.device import check_memory, oom_guard, peak_memory
 from rlhf.gpt2 import load_gpt2
@@ -38,8 +39,10 @@ from rlhf.tokenizer import Tokenizer, too_long
 
 
 @dataclass
-class Args(TrainArgs):
+class Args(DataArgs, TrainArgs):
     data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
+    sft_file: str | None = arg(None, "an SFT JSONL to use instead of DATA/sft.jsonl", reads=True)
+    eval_prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl (the final evaluation)", reads=True)
     out: str = arg("runs/sft", "run directory")
     preset: str = arg("tiny", "size preset; explicit flags override it")
     seed: int = arg(0, "fixes initialisation, data order, dropout and sampling", ge=0, le=2**32 - 1)
@@ -99,7 +102,8 @@ def main(argv=None):
 
     # 2. data and tokenizer (trained on the demonstrations; a resumed run reuses the saved one)
     data = Path(args.data)
-    rows = read_jsonl(data / "sft.jsonl", "sft")
+    sft_path = Path(args.sft_file) if args.sft_file else data / "sft.jsonl"
+    rows = read_jsonl(sft_path, "sft", fmt=data_format(args))
     meta = read_json(data / "meta.json") if (data / "meta.json").exists() else None
     task = tasks.task_from_meta(meta)
     pretrained = None
@@ -120,14 +124,15 @@ def main(argv=None):
     if len(keep) < len(rows):
         print(f"warning: skipped {len(rows) - len(keep)} of {len(rows)} demonstrations longer than block_size {args.block_size}")
     if not keep:
-        raise SystemExit(f"error: every demonstration in {data / 'sft.jsonl'} is longer than --block-size {args.block_size}")
+        raise SystemExit(f"error: every demonstration in {sft_path} is longer than --block-size {args.block_size}")
     prompt_ids = [prompt_ids[i] for i in keep]
     response_ids = [response_ids[i] for i in keep]
     N = len(keep)
 
     # the final evaluation's prompts must leave room for --max-new-tokens: checked now, not after training
-    eval_path = data / "prompts_eval.jsonl"
-    eval_prompts = [r["prompt"] for r in read_jsonl(eval_path, "prompts")][:args.n_eval] if args.n_eval and eval_path.exists() else []
+    eval_path = Path(args.eval_prompts) if args.eval_prompts else data / "prompts_eval.jsonl"
+    eval_prompts = ([r["prompt"] for r in read_jsonl(eval_path, "prompts", fmt=data_format(args))][:args.n_eval]
+                    if args.n_eval and (args.eval_prompts or eval_path.exists()) else [])
     if eval_prompts:
         check_prompts_fit(tok, eval_prompts, pretrained.config.block_size if pretrained else args.block_size,
                           args.max_new_tokens, eval_path)

@@ -193,6 +193,17 @@ class DeviceArgs:
 
 
 @dataclass
+class DataArgs:
+    """How a script reads the field's JSONL formats (rlhf/formats.py): other key names and the chat template."""
+    prompt_key: str = arg("prompt", "field holding the prompt (text or a list of turns)")
+    response_key: str | None = arg(None, "SFT: field holding the response (default: 'response', or trl's 'completion')")
+    chosen_key: str = arg("chosen", "preferences: field holding the preferred response")
+    rejected_key: str = arg("rejected", "preferences: field holding the other response")
+    chat_template: str = arg("plain", "how a list of turns becomes prompt text: plain ('role: content' lines) or hh "
+                             "('\n\nHuman: ...\n\nAssistant:', for GPT-2 imports)", choices=["plain", "hh"])
+
+
+@dataclass
 class TrainArgs(DeviceArgs):
     """DeviceArgs plus what only training scripts need."""
     compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see docs/performance.md)")

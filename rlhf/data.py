@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from rlhf.formats import DataFormat, FormatError, convert
+
 
 class DataError(ValueError):
     """A data problem, e.g. "data/prefs.jsonl:17: field 'chosen': expected a string, got int"."""
@@ -186,13 +188,23 @@ def read_objects(path, max_line_bytes: int = 1 << 20, allow_partial_tail: bool =
     return out
 
 
-def read_jsonl(path, kind: str, max_line_bytes: int = 1 << 20, allow_partial_tail: bool = False) -> list[dict]:
-    """Read and validate a JSONL file of one of the kinds in SCHEMAS; blank lines are skipped.
+def read_jsonl(path, kind: str, max_line_bytes: int = 1 << 20, allow_partial_tail: bool = False,
+               fmt: DataFormat | None = None) -> list[dict]:
+    """Read and validate a JSONL file of one of the kinds in SCHEMAS; blank lines are skipped. sft, preferences and
+    prompts records may come in any format rlhf.formats reads (fmt: key names and the chat template).
 
     allow_partial_tail (resumable outputs): a final line with no newline that does not parse (a crash
     while appending) is dropped with a warning, and an empty file gives [] instead of an error."""
     _schema(kind)  # unknown kind: fail before touching the file
-    rows = [validate_record(obj, kind, where) for where, obj in _parse_lines(path, max_line_bytes, allow_partial_tail)]
+    fmt = fmt or DataFormat()
+
+    def record(where: str, obj: Any) -> dict:
+        try:  # the field's formats (HH, conversational, trl's prompt/completion, renamed keys) -> this project's record
+            obj = convert(obj, kind, fmt)
+        except FormatError as e:
+            raise DataError(f"{where}: {e}") from None
+        return validate_record(obj, kind, where)
+    rows = [record(where, obj) for where, obj in _parse_lines(path, max_line_bytes, allow_partial_tail)]
     if not rows and not allow_partial_tail:
         raise DataError(f"{path}: file is empty (no records)")
     return rows

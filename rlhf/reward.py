@@ -91,12 +91,12 @@ def score_ids(rm, prompt_ids: list[list[int]], response_ids: list[list[int]], pa
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def read_preference_split(path, data, seed: int, val_fraction: float, max_val_pairs: int) -> tuple:
+def read_preference_split(path, data, seed: int, val_fraction: float, max_val_pairs: int, fmt=None) -> tuple:
     """A preferences JSONL and its seeded held-out split, as train_rm.py and train_dpo.py share it -> (task or None,
     training pairs, held-out pairs). Pairs whose chosen equals rejected are skipped (counted); with a built-in task's
     meta.json in `data`, prompts outside its grammar are reported before training (tasks.known_rows). The split: a
     permutation seeded by `seed`, its first max(1, int(N * val_fraction)) pairs held out (at most max_val_pairs used)."""
-    rows = read_jsonl(path, "preferences")
+    rows = read_jsonl(path, "preferences", fmt=fmt)  # any format rlhf.formats reads (fmt: key names, chat template)
     meta = read_json(Path(data) / "meta.json") if (Path(data) / "meta.json").exists() else None
     task = tasks.task_from_meta(meta)
     if task is not None:  # before training: say which rows the gold figures will leave out
