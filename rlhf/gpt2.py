@@ -32,8 +32,9 @@ models"): with tied weights such a row's logit is then about the average logit, 
 suppressed. <|pad|> is never a target and <|sep|> only ever an input, so SFT trains <|sep|>'s row.
 
 Export (`export_gpt2`, or `python -m rlhf.gpt2 export CKPT OUT_DIR`) writes a policy checkpoint as
-model.safetensors + config.json (a GPT2Config) + tokenizer.json, loadable by this module and by
-`transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR)`. Shapes: V vocab, P positions, D n_embd, L layers.
+model.safetensors + config.json (a GPT2Config) + tokenizer.json + tokenizer_config.json, loadable by this module
+and by `transformers.GPT2LMHeadModel.from_pretrained(OUT_DIR)` and `AutoTokenizer`; a reward model as
+`GPT2ForSequenceClassification` (see `rm_to_gpt2_state_dict`). Shapes: V vocab, P positions, D n_embd, L layers.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from rlhf.checkpoint import CheckpointError, _load_safetensors, load_model
+from rlhf.checkpoint import CheckpointError, _load_safetensors, _resolve, load_model
 from rlhf.data import atomic_write_bytes, read_json, write_json
 from rlhf.model import GPT, GPTConfig
 from rlhf.tokenizer import EOS, GPT2_EOS, PAD, SEP, Tokenizer
@@ -235,17 +236,48 @@ def hf_config(cfg: GPTConfig, tok: Tokenizer) -> dict:
             "bos_token_id": tok.eos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
 
 
+def hf_tokenizer_config(tok: Tokenizer, block_size: int) -> dict:
+    """tokenizer_config.json that makes transformers.AutoTokenizer read tokenizer.json as it is (the generic fast
+    tokenizer, not GPT-2's class with its own defaults), with our EOS, pad and separator tokens."""
+    name = tok.tk.id_to_token
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": name(tok.eos_id), "pad_token": name(tok.pad_id),
+            "sep_token": name(tok.sep_id), "bos_token": None, "unk_token": None, "model_max_length": block_size,
+            "clean_up_tokenization_spaces": False, "split_special_tokens": True}
+
+
+def rm_to_gpt2_state_dict(rm) -> dict[str, torch.Tensor]:
+    """A ScalarModel -> GPT2ForSequenceClassification's tensors (transformer.*, score.weight (1, D), no bias).
+
+    Ours: reward = (w . h + b - shift) / scale with h = ln_f(x) at the last real token. transformers' head has no
+    bias, so score.weight = w / scale and the constant c = (b - shift) / scale moves into ln_f's bias, which feeds the
+    head alone: ln_f.bias += c * w' / (w' . w') adds exactly w' . delta = c to the score, and nothing else changes."""
+    sd = {f"transformer.{k}": v for k, v in to_gpt2_state_dict(rm.gpt.state_dict()).items() if k != "lm_head.weight"}
+    w = rm.head.weight.detach().float()[0] / rm.scale.float()  # (D,)
+    c = (rm.head.bias.detach().float()[0] - rm.shift.float()) / rm.scale.float()
+    sd["transformer.ln_f.bias"] = (sd["transformer.ln_f.bias"] + c * w / w.dot(w)).contiguous()
+    sd["score.weight"] = w[None].contiguous()  # (1, D)
+    return sd
+
+
 def export_gpt2(ckpt, out_dir) -> Path:
-    """Write a policy checkpoint in GPT-2 format: OUT_DIR/model.safetensors, config.json, tokenizer.json."""
-    model, tok, _ = load_model(ckpt, "policy")
+    """Write a checkpoint in GPT-2 format: OUT_DIR/model.safetensors, config.json, tokenizer.json and
+    tokenizer_config.json. A policy loads as transformers' GPT2LMHeadModel, a reward model as
+    GPT2ForSequenceClassification (num_labels 1, the score read at the last non-pad token, which is our EOS)."""
+    kind = read_json(_resolve(ckpt) / "config.json").get("kind")
+    model, tok, _ = load_model(ckpt, "rm" if kind == "rm" else "policy")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out}: exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
-    tensors = to_gpt2_state_dict(model.state_dict())
+    tensors = rm_to_gpt2_state_dict(model) if kind == "rm" else to_gpt2_state_dict(model.state_dict())
     atomic_write_bytes(out / "model.safetensors", [safetensors.torch.save(tensors, metadata={"format": "pt"})])
-    write_json(out / "config.json", hf_config(model.config, tok))
+    cfg = hf_config(model.config, tok)
+    if kind == "rm":
+        cfg |= {"architectures": ["GPT2ForSequenceClassification"], "num_labels": 1, "id2label": {"0": "reward"},
+                "label2id": {"reward": 0}, "problem_type": "regression"}
+    write_json(out / "config.json", cfg)
     atomic_write_bytes(out / "tokenizer.json", [tok.to_json().encode("utf-8")])
+    write_json(out / "tokenizer_config.json", hf_tokenizer_config(tok, model.config.block_size))
     return out
 
 
@@ -253,13 +285,13 @@ def main(argv=None) -> None:
     """python -m rlhf.gpt2 export CKPT OUT_DIR"""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3 or argv[0] != "export":
-        sys.exit("usage: python -m rlhf.gpt2 export CKPT OUT_DIR   (a policy checkpoint -> GPT-2-format "
-                 "model.safetensors, config.json, tokenizer.json)")
+        sys.exit("usage: python -m rlhf.gpt2 export CKPT OUT_DIR   (a policy or reward model checkpoint -> GPT-2-format "
+                 "model.safetensors, config.json, tokenizer.json, tokenizer_config.json)")
     try:
         out = export_gpt2(argv[1], argv[2])
     except ValueError as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {out}/model.safetensors, config.json, tokenizer.json")
+    print(f"wrote {out}/model.safetensors, config.json, tokenizer.json, tokenizer_config.json")
 
 
 if __name__ == "__main__":

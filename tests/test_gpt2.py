@@ -11,8 +11,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from rlhf.checkpoint import CheckpointError, load_model, save_checkpoint
 from rlhf.gpt2 import export_gpt2, from_gpt2_state_dict, gpt2_shapes, load_gpt2, to_gpt2_state_dict
 from rlhf.gpt2 import main as gpt2_cli
-from rlhf.model import GPT
-from rlhf.tokenizer import PAD, SEP
+from rlhf.model import GPT, GPTConfig
+from rlhf.tokenizer import PAD, SEP, Tokenizer
 
 P, D, L, H = 128, 32, 2, 2  # positions, width, layers, heads of the small random GPT-2
 
@@ -158,6 +158,38 @@ def test_logits_match_transformers_gpt2(tmp_path):
         torch.testing.assert_close(hf2(ids).logits, ours(ids), atol=1e-5, rtol=0)
 
 
+def test_export_is_read_by_transformers_autotokenizer_and_sequence_classification(tmp_path):
+    """The exported tokenizer_config.json makes AutoTokenizer give our ids, EOS, pad and separator (special-token
+    strings inside text stay text, as here); an exported RM is a GPT2ForSequenceClassification with our scores,
+    its bias, shift and scale folded in."""
+    try:
+        from transformers import AutoTokenizer, GPT2ForSequenceClassification
+    except ImportError:
+        pytest.skip("transformers is not installed (it is never a requirement): the export check runs only where it is")
+    from rlhf.model import ScalarModel
+    from rlhf.reward import pair_batch
+    texts = ["reverse : a b c .", "Hello, World!", " two  spaces", "tab\tand\nnewline", "unicode é ü 中文 🙂",
+             "a <|eos|> b", "<|sep|><|pad|>", "x<|endoftext|>", ""]
+    tok = Tokenizer.train(texts * 20 + ["the quick brown fox jumps over the lazy dog"] * 50, vocab_size=300)
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        rm.head.bias.fill_(0.7)
+        rm.shift.fill_(-0.3)
+        rm.scale.fill_(2.5)
+    save_checkpoint(tmp_path / "rm", rm.state_dict(), {"model": rm.config.to_dict(), "tokenizer": tok.fingerprint}, kind="rm",
+                    tokenizer_json=tok.to_json())
+    export_gpt2(tmp_path / "rm", tmp_path / "hf")
+    hft = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert [hft(t, add_special_tokens=False).input_ids for t in texts] == [tok.encode(t) for t in texts]
+    assert (hft.eos_token_id, hft.pad_token_id, hft.sep_token_id) == (tok.eos_id, tok.pad_id, tok.sep_id)
+    hf = GPT2ForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ids, mask = pair_batch(tok, ["reverse : a b c .", "the fox"], ["c b a .", "jumps over the lazy dog"], ["a b .", "no"])
+    with torch.no_grad():  # right-padded with <|pad|>: transformers reads the last non-pad token, our EOS
+        torch.testing.assert_close(hf(input_ids=ids, attention_mask=mask.long()).logits[:, 0], rm.score(ids, mask),
+                                   atol=1e-5, rtol=0)
+
+
 def test_sft_and_rm_init_from_then_export_cli(tmp_path):
     write_gpt2_dir(tmp_path / "gpt2")
     data = tmp_path / "data"
@@ -176,5 +208,8 @@ def test_sft_and_rm_init_from_then_export_cli(tmp_path):
     back, tok2 = load_gpt2(tmp_path / "out")
     x = torch.tensor([tok.encode_prompt("reverse the letters a b")])
     assert tok2.fingerprint == tok.fingerprint and torch.equal(back(x), policy(x))
-    with pytest.raises(SystemExit, match="is a 'rm' checkpoint, expected 'policy'"):
-        gpt2_cli(["export", str(tmp_path / "rm" / "ckpt"), str(tmp_path / "out2")])
+    gpt2_cli(["export", str(tmp_path / "rm" / "ckpt"), str(tmp_path / "out2")])  # a reward model exports too
+    hf_cfg = json.loads((tmp_path / "out2" / "config.json").read_text())
+    assert hf_cfg["architectures"] == ["GPT2ForSequenceClassification"] and hf_cfg["num_labels"] == 1
+    with pytest.raises(SystemExit, match="no such checkpoint directory"):
+        gpt2_cli(["export", str(tmp_path / "nothing"), str(tmp_path / "out3")])
