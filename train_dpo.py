@@ -131,7 +131,8 @@ def main(argv=None):
                 **{k[3:]: v for k, v in d.items()}}
 
     # 4. training loop: per micro-batch one forward of 2B sequences through the policy, one through the reference
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None,
+                            tensorboard=out / "tensorboard" if args.tensorboard else None)
     policy.train()
     t0 = time.time()
     pbar = tqdm(range(start, steps), desc="dpo", initial=start, total=steps, disable=not distributed.is_main())

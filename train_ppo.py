@@ -191,7 +191,8 @@ def main(argv=None):
                                          seed=args.seed, ref_texts=ref_texts, rm_pairs=False)
         return m, [s.get("ref_response") for s in samples] if ref_texts is None else ref_texts
 
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None,
+                            tensorboard=out / "tensorboard" if args.tensorboard else None)
     ref_texts = None
     if start == 0 and distributed.is_main():
         m, ref_texts = evaluate(None)

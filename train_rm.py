@@ -161,7 +161,8 @@ def main(argv=None):
         return rm_diagnostics(p, [r["chosen"] for r in val], [r["rejected"] for r in val], s[:len(val)], s[len(val):], task)
 
     # 4. training loop: one forward of 2(B + U) sequences per step
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None,
+                            tensorboard=out / "tensorboard" if args.tensorboard else None)
     rm.train()
     t0 = time.time()
     pbar = tqdm(range(start, steps), desc="rm", initial=start, total=steps, disable=not distributed.is_main())

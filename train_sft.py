@@ -163,7 +163,8 @@ def main(argv=None):
             save_step(ckpt, step, {"policy": model}, {"policy": opt}, ckpt_config, tok.to_json())
 
     # 4. training loop
-    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None)
+    metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None,
+                            tensorboard=out / "tensorboard" if args.tensorboard else None)
     model.train()
     t0, tokens = time.time(), 0
     pbar = tqdm(range(start, args.steps), desc="sft", initial=start, total=args.steps, disable=not distributed.is_main())

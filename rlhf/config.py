@@ -209,3 +209,5 @@ class TrainArgs(DeviceArgs):
     compile: bool = arg(False, "torch.compile the transformer blocks (slow first steps; see docs/performance.md)")
     grad_checkpoint: bool = arg(False, "activation checkpointing of the transformer blocks: the same gradients, less memory, "
                                 "about one more forward per step")
+    tensorboard: bool = arg(False, "also write every logged number as TensorBoard scalars into OUT/tensorboard "
+                            "(optional package: pip install -r requirements-tensorboard.txt)")

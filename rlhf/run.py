@@ -68,7 +68,7 @@ def lock_run_dir(path) -> None:
 # what --resume may change: the length of the run (upwards), its evaluation, logging and checkpoint cadence, and
 # where and how fast it computes; every other flag is part of the run's identity
 RESUME_MAY_CHANGE = {"steps", "eval_every", "n_eval", "log_every", "sample_every", "ckpt_every", "max_val_pairs",
-                     "threads", "device", "compile", "grad_checkpoint", "resume", "overwrite", "out"}
+                     "threads", "device", "compile", "grad_checkpoint", "resume", "overwrite", "out", "tensorboard"}
 
 
 def check_resume(out: Path, args, ckpt: Path) -> None:
@@ -246,17 +246,21 @@ class MetricsWriter:
     resume_step: keep the existing rows with step <= resume_step (rewritten atomically) and append
     after them; None starts a fresh file.
     In a torchrun job only rank 0 writes: on the other ranks log() and close() do nothing.
+    tensorboard: a directory that also receives every number as a TensorBoard scalar under the same key and step
+    (torch.utils.tensorboard; the optional requirements-tensorboard.txt). A resumed run appends events there.
     """
 
-    def __init__(self, path, resume_step: int | None = None):
+    def __init__(self, path, resume_step: int | None = None, tensorboard=None):
         self.path = Path(path)
-        self._f = None
+        self._f = self._tb = None
         if not distributed.is_main():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             write_jsonl(self.path, [r for r in read_metrics(self.path) if r["step"] <= resume_step])
         self._f = open(self.path, "w" if resume_step is None else "a", encoding="utf-8")
+        if tensorboard is not None:
+            self._tb = tensorboard_writer(tensorboard)
 
     def log(self, step: int, metrics: dict) -> None:
         """Write {"step": step, **metrics} as one line and flush it; tensors become numbers via .item()."""
@@ -270,16 +274,37 @@ class MetricsWriter:
             self._f.flush()
         except OSError as e:  # a full disk: the error names the file (a partial last line is dropped on resume)
             raise named_os_error(e, self.path) from e
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _summary_writer():
+    """torch.utils.tensorboard's SummaryWriter class, or a clear error when the optional tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install -r requirements-tensorboard.txt "
+                         "(optional; metrics.jsonl holds the same numbers)") from None
+    return SummaryWriter
+
+
+def tensorboard_writer(log_dir):
+    """A SummaryWriter writing TensorBoard events into log_dir."""
+    return _summary_writer()(log_dir=str(log_dir))
 
 
 def read_metrics(path) -> list[dict]:
@@ -354,6 +379,8 @@ def start_run(args, ckpt_name: str = "ckpt") -> tuple[Path, bool, torch.device]:
     out = Path(args.out)
     ckpt = out / ckpt_name
     resuming = bool(args.resume) and (ckpt.exists() or Path(f"{ckpt}.old").exists())
+    if getattr(args, "tensorboard", False):
+        _summary_writer()  # before any work: the optional package must be there
     if distributed.is_main():
         lock_run_dir(out)  # before anything in it is read, wiped or written
         if resuming:
