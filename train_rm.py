@@ -54,7 +54,7 @@ class Args(DataArgs, TrainArgs):
     out: str = arg("runs/rm", "run directory")
     preset: str = arg("tiny", "size preset; explicit flags override it")
     seed: int = arg(0, "fixes the split, data order and head initialisation", ge=0, le=2**32 - 1)
-    epochs: float = arg(1.0, "passes over the training pairs", gt=0.0, le=1e6)
+    epochs: float = arg(1.0, "passes over the training pairs (0: no training, only the diagnostics of --previous-rm on the pairs)", ge=0.0, le=1e6)
     batch_size: int = arg(32, "pairs per forward (2x sequences; per rank under torchrun); a step sees grad_accum of them", ge=1, le=2**20)
     grad_accum: int = arg(1, "gradient accumulation: forwards per optimiser step (the step is that of one batch grad_accum times larger)", ge=1, le=65536)
     lr: float = arg(3e-4, "trunk learning rate", gt=0.0)
@@ -95,6 +95,8 @@ def main(argv=None):
     args = parse_args(Args, argv, presets=PRESETS, description=__doc__.split("\n")[0])
     out, resuming, dev = start_run(args)
     ckpt = out / "ckpt"
+    if args.epochs == 0 and not args.previous_rm:
+        raise ValueError("--epochs 0 scores an existing reward model on the pairs without training: pass it as --previous-rm CKPT")
     rlp = args.uml_weight > 0 or args.spg_gamma is not None or args.spg_random_pair
     if rlp and args.policy_samples is None:
         raise ValueError("--uml-weight, --spg-gamma and --spg-random-pair need --policy-samples FILE (sample_baselines.py)")
@@ -124,7 +126,7 @@ def main(argv=None):
         train = train + pairs_fitting(tok, sft_rows, policy.config.block_size, "the --sft-pairs samples") if sft_rows else train
         print(f"{len(p)} pairs of two SFT samples added (of {len(prompts)} prompts; identical samples dropped)")
     N = len(train)
-    steps = max(1, math.ceil(args.epochs * N / (args.batch_size * args.grad_accum * distributed.world_size())))
+    steps = 0 if args.epochs == 0 else max(1, math.ceil(args.epochs * N / (args.batch_size * args.grad_accum * distributed.world_size())))
     if resuming and run_finished(out, ckpt, steps, "diagnostics.json", more_steps=False):
         return
     print(f"{N} training pairs, {len(val)} held out, {steps} steps")

@@ -110,6 +110,7 @@ def parse_args(cls, argv=None, presets: dict[str, dict] | None = None, descripti
     """
     fields = [f for f in dataclasses.fields(cls) if f.init]
     hints = typing.get_type_hints(cls)
+    shown = _preset_in(argv, presets)  # --preset X --help: the defaults shown are the preset's
     # SUPPRESS as every default: the namespace then holds only the flags actually given
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
                                      argument_default=argparse.SUPPRESS)
@@ -121,7 +122,10 @@ def parse_args(cls, argv=None, presets: dict[str, dict] | None = None, descripti
         tp, optional, many = _unwrap(hints[f.name])
         default, meta = _default(f), f.metadata
         help_text = meta.get("help", "")
-        help_text += " (required)" if default is dataclasses.MISSING else f" (default: {default})"
+        if shown is not None and f.name in presets[shown]:
+            help_text += f" (default: {presets[shown][f.name]} with --preset {shown}; {default} without)"
+        else:
+            help_text += " (required)" if default is dataclasses.MISSING else f" (default: {default})"
         kwargs = {"dest": f.name, "help": help_text.replace("%", "%%")}
         if "choices" in meta:
             kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
@@ -166,6 +170,17 @@ def read_paths(cfg) -> list[tuple[str, str]]:
     """(flag, path) of each input path of a script's arguments that is set (fields declared with arg(..., reads=True))."""
     return [(_flag(f.name), str(getattr(cfg, f.name))) for f in dataclasses.fields(cfg)
             if f.metadata.get("reads") and getattr(cfg, f.name) is not None]
+
+
+def _preset_in(argv, presets) -> str | None:
+    """The preset named on the command line (--preset X or --preset=X), when it is one of `presets`."""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(args):
+        name = args[i + 1] if a == "--preset" and i + 1 < len(args) else a[9:] if a.startswith("--preset=") else None
+        if presets and name in presets:
+            return name
+    return None
 
 
 def config_to_dict(cfg) -> dict:

@@ -185,3 +185,12 @@ def test_seed_everything_determinism():
     b = draws(seed_everything(123))
     assert a == b and a != draws(seed_everything(124))
     assert isinstance(seed_everything(2**40), torch.Generator)  # seeds beyond numpy's 32 bits are fine
+
+
+def test_preset_help_shows_the_presets_values(capsys):
+    import train_ppo
+    with pytest.raises(SystemExit) as e:
+        train_ppo.main(["--preset", "gpt2", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert e.value.code == 0 and "(default: 1e-05 with --preset gpt2; 3e-05 without)" in out
+    assert "--cliprange CLIPRANGE policy ratio clip (default: 0.2)" in out  # a flag the preset leaves alone

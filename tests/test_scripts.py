@@ -179,3 +179,16 @@ def test_ppo_refuses_an_rm_with_nan_weights_and_keeps_last_checkpoint(algo, tmp_
     assert p.stderr.strip() == f"error: {tmp_path / 'nan_rm' / 'model.safetensors'}: parameter 'head.bias' holds NaN or inf values; this checkpoint cannot be used"
     assert json.loads((tmp_path / "ppo" / "ckpt" / "state.json").read_text())["step"] == 2
     load_checkpoint(tmp_path / "ppo" / "ckpt", expected_kind="policy")
+
+
+def test_rm_scored_on_pairs_without_training(algo, tmp_path):
+    """--epochs 0: the diagnostics of --previous-rm on the pairs, no step taken: on the RM's own held-out split they
+    are its own diagnostics, figure for figure."""
+    base = ["train_rm.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"), "--epochs", "0",
+            "--n-policy-pairs", "0", "--threads", "1"]
+    p = run(*base, "--out", str(tmp_path / "a"), check=False)
+    assert p.returncode == 1 and "--epochs 0 scores an existing reward model on the pairs without training" in p.stderr
+    run(*base, "--previous-rm", str(algo / "rm" / "ckpt"), "--out", str(tmp_path / "b"))
+    own = json.loads((algo / "rm" / "diagnostics.json").read_text())
+    scored = json.loads((tmp_path / "b" / "diagnostics.json").read_text())
+    assert scored["rm/steps"] == 0 and all(scored[k] == own[k] for k in ("rm/accuracy", "rm/gold_accuracy", "rm/ece", "rm/n_pairs"))
