@@ -214,7 +214,8 @@ def main(argv=None):
         prompts = eval_prompts
         gen = torch.Generator(dev).manual_seed(args.seed)
         with autocast(args.dtype, dev):
-            roll = sample(model, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=gen)
+            roll = sample(model, tok, prompts, args.max_new_tokens, temperature=args.temperature, generator=gen,
+                          desc="SFT: eval samples")
         lengths = roll.response_mask.sum(1)
         report.update({"eval/n": len(prompts), "eval/length": lengths.mean().item(),
                        "eval/stopped": roll.stopped.float().mean().item()})

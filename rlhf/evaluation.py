@@ -136,7 +136,7 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
     metrics: dict = {"eval/n": P}
     with _eval_mode(policy, ref, rm):
         # 1. sample the policy: n candidates per prompt, prompt-major (p0 x n, p1 x n, ...)
-        roll = sample(policy, tok, [p for p in prompts for _ in range(n)], generator=gen(seed), **kw)
+        roll = sample(policy, tok, [p for p in prompts for _ in range(n)], generator=gen(seed), desc="eval: policy samples", **kw)
         proxy = pair = None
         if n > 1:
             cand = torch.tensor(score(roll)).view(P, n)  # (P, n)
@@ -161,13 +161,13 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
 
         # 3. the reference's samples (once; callers that evaluate repeatedly pass them back in)
         if ref_texts is None and ref is not None:
-            ref_texts = sample(ref, tok, prompts, generator=gen(seed + 1), **kw).texts
+            ref_texts = sample(ref, tok, prompts, generator=gen(seed + 1), desc="eval: reference samples", **kw).texts
 
         # 4. proxy: RM scores of the samples, and of a second policy sample for the on-policy RM accuracy
         if rm is not None and n == 1:
             proxy = score(roll)
             if task is not None and rm_pairs:
-                second = sample(policy, tok, prompts, generator=gen(seed + 2), **kw)
+                second = sample(policy, tok, prompts, generator=gen(seed + 2), desc="eval: second policy samples", **kw)
                 pair = (texts, second.texts, proxy, score(second))
         if proxy is not None:
             metrics["proxy/score"] = _mean(proxy)

@@ -242,7 +242,7 @@ def policy_sample_pairs(policy, tok, task, prompts: list[str], max_new_tokens: i
     texts = []
     for i in range(0, len(prompts), chunk):
         texts += sample(policy, tok, [p for p in prompts[i:i + chunk] for _ in range(2)], max_new_tokens,
-                        temperature=temperature, generator=gen).texts
+                        temperature=temperature, generator=gen, desc="pairs of two SFT samples").texts
     rng = random.Random(seed)
     out = ([], [], [])
     for i, p in enumerate(prompts):

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from rlhf import distributed
 from rlhf.data import DataError, pad_left, record_location
 from rlhf.model import GPT, generate
 from rlhf.tokenizer import too_long
@@ -50,15 +52,18 @@ def check_prompts_fit(tok, prompts: list[str], block_size: int, max_new_tokens: 
 @torch.inference_mode()
 def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-           batch_size: int = 64, device=None) -> Rollout:
+           batch_size: int = 64, device=None, desc: str | None = None) -> Rollout:
     """Sample one response per prompt, `batch_size` prompts per generate call. Returns one Rollout, its tensors on
     `device` (None: the model's). The generator must live on that device too (it draws the sampling noise).
+    desc: a progress bar (on stderr, rank 0 only, gone when done) over the generate calls, when there are two or more.
 
     Batches are padded to the longest prompt/response of the whole call so they concatenate.
     """
     device = model.wte.weight.device if device is None else device
     chunks = []
-    for s in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    bar = desc is not None and len(starts) > 1 and distributed.is_main()
+    for s in tqdm(starts, desc=desc, leave=False, disable=not bar):
         q, qm = encode_queries(tok, prompts[s:s + batch_size], model.config.block_size, max_new_tokens)
         q, qm = q.to(device), qm.to(device)
         r, rm = generate(model, q, qm, max_new_tokens, tok.eos_id, tok.pad_id, temperature, top_k, top_p, generator)
