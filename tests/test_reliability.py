@@ -358,7 +358,7 @@ FLAG_CASES = [  # (script, flags, message): each exits with status 2 before any 
     (train_sft, ["--preset", "huge"], "unknown preset 'huge'; choose from: "),  # smoke, tiny, ... (the list grows)
     (train_sft, ["--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
     (train_rm, ["--val-fraction", "0"], "--val-fraction must be > 0.0 (got 0.0)"),
-    (train_rm, ["--epochs", "0"], "--epochs must be > 0.0 (got 0.0)"),
+    (train_rm, ["--epochs", "-1"], "--epochs must be >= 0.0 (got -1.0)"),  # 0: scoring only, with --previous-rm
     (train_rm, ["--spg-gamma", "1.5"], "--spg-gamma must be <= 1.0 (got 1.5)"),
     (train_ppo, ["--gamma", "1.5"], "--gamma must be <= 1.0 (got 1.5)"),
     (train_ppo, ["--gamma", "-0.1"], "--gamma must be >= 0.0 (got -0.1)"),
