@@ -1,4 +1,4 @@
-"""JSONL data files: validated readers, atomic writers, padding and batching.
+"""JSONL data files: validated readers and atomic writers (padding and batching: rlhf/padding.py).
 
 The four kinds of file (README, "Formats"), one JSON object a line, UTF-8:
 
@@ -10,9 +10,8 @@ The four kinds of file (README, "Formats"), one JSON object a line, UTF-8:
 Extra fields are kept (other tools' files load as they are); an optional field that is null counts
 as absent. Every problem a user can cause raises DataError naming the file, 1-based line and field.
 Writes are atomic (temp file beside the target, fsync, os.replace): a crash leaves the old file or
-the new one, never half of one. Strict JSON has no NaN, so writers store non-finite floats as null.
-
-Shapes: B batch, T padded length.
+the new one, never half of one. Strict JSON has no NaN, so writers store non-finite floats as null. sft, preferences
+and prompts files may also come in the field's formats (rlhf/formats.py).
 """
 from __future__ import annotations
 
@@ -25,8 +24,6 @@ import stat
 import warnings
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Iterator
-
-import torch
 
 from rlhf.formats import DataFormat, FormatError, convert
 
@@ -136,13 +133,14 @@ def _open_for_reading(path: Path):
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def _parse_lines(path, max_line_bytes: int, allow_partial_tail: bool) -> Iterator[tuple[str, Any]]:
-    """Yield ("file:line", parsed JSON value) for each non-blank line."""
+def _lines(path, max_line_bytes: int) -> Iterator[tuple[str, bytes, bool]]:
+    """Yield ("file:line", the line's bytes without its newline, \\r or a first line's byte-order mark, whether it
+    ended with a newline) for each line; a line over the byte limit is a DataError, read in bounded pieces, so one
+    huge line cannot exhaust memory."""
     with _open_for_reading(Path(path)) as f:
         lineno = 0
         while True:
-            # read at most the limit (+2 for "\r\n") so one huge line cannot exhaust memory
-            raw = f.readline(max_line_bytes + 2)
+            raw = f.readline(max_line_bytes + 2)  # at most the limit (+2 for "\r\n")
             if not raw:
                 return
             lineno += 1
@@ -159,23 +157,29 @@ def _parse_lines(path, max_line_bytes: int, allow_partial_tail: bool) -> Iterato
                 raise DataError(f"{where}: line is {size} bytes, over the {max_line_bytes}-byte limit")
             if lineno == 1 and body.startswith(b"\xef\xbb\xbf"):
                 body = body[3:]  # a byte-order mark some editors write
-            if not body.strip():
-                continue
-            try:
-                yield where, json.loads(body.decode("utf-8"))
-                continue
-            except UnicodeDecodeError as e:
-                err = f"bytes are not valid UTF-8 (at byte {e.start + 1})"
-            except json.JSONDecodeError as e:
-                err = f"not valid JSON ({e.msg} at column {e.colno})"
-            except (ValueError, RecursionError) as e:  # an int past Python's digit limit, deep nesting
-                err = f"not valid JSON ({e})"
-            if allow_partial_tail and not has_newline:
-                # no newline means this is the last line: an append interrupted by a crash
-                warnings.warn(f"{where}: dropped 1 partial final line ({len(body)} bytes, no newline); "
-                              "it was left by an interrupted write")
-                return
-            raise DataError(f"{where}: {err}")
+            yield where, body, has_newline
+
+
+def _parse_lines(path, max_line_bytes: int, allow_partial_tail: bool) -> Iterator[tuple[str, Any]]:
+    """Yield ("file:line", parsed JSON value) for each non-blank line."""
+    for where, body, has_newline in _lines(path, max_line_bytes):
+        if not body.strip():
+            continue
+        try:
+            yield where, json.loads(body.decode("utf-8"))
+            continue
+        except UnicodeDecodeError as e:
+            err = f"bytes are not valid UTF-8 (at byte {e.start + 1})"
+        except json.JSONDecodeError as e:
+            err = f"not valid JSON ({e.msg} at column {e.colno})"
+        except (ValueError, RecursionError) as e:  # an int past Python's digit limit, deep nesting
+            err = f"not valid JSON ({e})"
+        if allow_partial_tail and not has_newline:
+            # no newline means this is the last line: an append interrupted by a crash
+            warnings.warn(f"{where}: dropped 1 partial final line ({len(body)} bytes, no newline); "
+                          "it was left by an interrupted write")
+            return
+        raise DataError(f"{where}: {err}")
 
 
 def read_objects(path, max_line_bytes: int = 1 << 20, allow_partial_tail: bool = False) -> list[dict]:
@@ -214,19 +218,13 @@ def read_text_lines(path, max_line_bytes: int = 1 << 20) -> list[tuple[str, str]
     """The non-blank lines of a UTF-8 text file (one prompt a line), each with its "file:line" -> [(where, text)].
     Refuses what _open_for_reading refuses (a FIFO, a device, a directory) and lines over the byte limit."""
     out = []
-    with _open_for_reading(Path(path)) as f:
-        for lineno, raw in enumerate(iter(lambda: f.readline(max_line_bytes + 2), b""), start=1):
-            where = f"{path}:{lineno}"
-            if len(raw.rstrip(b"\r\n")) > max_line_bytes:
-                raise DataError(f"{where}: line is over the {max_line_bytes}-byte limit")
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: bytes are not valid UTF-8 (at byte {e.start + 1})") from None
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")
-            if text.strip():
-                out.append((where, text))
+    for where, body, _ in _lines(path, max_line_bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{where}: bytes are not valid UTF-8 (at byte {e.start + 1})") from None
+        if text.strip():
+            out.append((where, text))
     return out
 
 
@@ -368,39 +366,3 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
 def write_json(path, obj: Any) -> None:
     """Atomically write one JSON value (indent 2, sorted keys); config.json, meta.json, tables."""
     atomic_write_bytes(path, [_dumps(obj, str(path), indent=2, sort_keys=True) + b"\n"])
-
-
-# ---- padding and batching --------------------------------------------------------------------------
-
-def _pad(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    B, T = len(seqs), max((len(s) for s in seqs), default=0)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros(B, T)  # (B, T), 1.0 on real tokens
-    for i, s in enumerate(seqs):
-        cols = slice(T - len(s), T) if left else slice(0, len(s))
-        ids[i, cols] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, cols] = 1.0
-    return ids, mask
-
-
-def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists (prompts: generation continues from the last column) to the longest.
-
-    Returns ids LongTensor (B, T) and mask FloatTensor (B, T): 1.0 real, 0.0 pad."""
-    return _pad(seqs, pad_id, left=True)
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists (responses); returns ids (B, T) long and mask (B, T) float as pad_left."""
-    return _pad(seqs, pad_id, left=False)
-
-
-def batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False) -> list[list[int]]:
-    """Split range(n) into index batches, shuffled with `generator` when one is given."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and out and len(out[-1]) < batch_size:
-        out.pop()
-    return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.sft import join_prompt_response
+from rlhf.sft import join_prompt_response, response_nll
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float):
@@ -42,9 +42,5 @@ def sequence_logps(model, tok, prompts: list[str], responses: list[str], device)
     (B prompts, B responses) -> (B,)"""
     ids, mask, rmask = join_prompt_response(tok.encode_prompts(prompts), tok.encode_responses(responses), tok.pad_id)
     ids, mask, rmask = ids.to(device), mask.to(device), rmask.to(device)
-    logits = model(ids, mask)  # (B, T, V)
-    B, T, V = logits.shape
-    targets = ids.roll(-1, dims=1)  # (B, T): column t's next token (the last column's is a dummy of weight 0)
-    m = F.pad(rmask[:, 1:], (0, 1))  # (B, T)
-    logp = -F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
-    return torch.where(m > 0, logp, 0.0).sum(1)
+    nll, _ = response_nll(model(ids, mask), ids, rmask)  # (B, T), the SFT loss's per-token terms
+    return -nll.sum(1)

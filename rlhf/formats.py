@@ -13,7 +13,7 @@
     prompts      {"prompt": text or [turns]} | {"messages": [turns]}
 
 A turn is {"role": "system" | "user" | "assistant", "content": text}. Turns before the response become the prompt
-text through one chat template (DataFormat.template):
+text through one chat template (DataFormat.chat_template):
     plain (this project's)  one line a turn, "role: content", joined by "\n"; the tokenizer's separator after the
                             prompt (rlhf/tokenizer.py) marks where the answer starts
     hh (Anthropic HH, for GPT-2 imports)  system text first, then "\n\nHuman: content" / "\n\nAssistant: content"
@@ -23,7 +23,7 @@ Every problem is a DataError naming the file, line and field.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -37,14 +37,12 @@ class DataFormat:
     response_key: str | None = None  # None: "response", or trl's "completion"
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
-    template: str = "plain"
+    chat_template: str = "plain"
 
 
 def data_format(args) -> DataFormat:
-    """The DataFormat of a script's DataArgs flags (rlhf.config), or the default for a script without them."""
-    names = ("prompt_key", "response_key", "chosen_key", "rejected_key", "template")
-    return DataFormat(**{n: getattr(args, "chat_template" if n == "template" else n) for n in names
-                         if hasattr(args, "chat_template" if n == "template" else n)})
+    """The DataFormat of a script's DataArgs flags (rlhf.config: the same names), or the default without them."""
+    return DataFormat(**{f.name: getattr(args, f.name) for f in fields(DataFormat) if hasattr(args, f.name)})
 
 
 class FormatError(ValueError):
@@ -75,7 +73,7 @@ def render(turns: list[dict], template: str) -> str:
 
 def _prompt_text(v: Any, field: str, fmt: DataFormat) -> Any:
     """A prompt given as text stays as it is (the schema checks it); a list of turns is rendered."""
-    return render(_turns(v, field), fmt.template) if isinstance(v, list) else v
+    return render(_turns(v, field), fmt.chat_template) if isinstance(v, list) else v
 
 
 def _answer(v: Any, field: str) -> Any:
@@ -111,7 +109,7 @@ def _split_turns(chosen: list[dict], rejected: list[dict], fmt: DataFormat) -> t
     if n == 0 or len(c) != 1 or len(r) != 1 or c[0]["role"] != "assistant" or r[0]["role"] != "assistant":
         raise FormatError("fields 'chosen' and 'rejected': no 'prompt' field, so the two conversations must share their "
                           "first turns (the prompt) and then differ in exactly one assistant turn each")
-    return render(chosen[:n], fmt.template), c[0]["content"], r[0]["content"]
+    return render(chosen[:n], fmt.chat_template), c[0]["content"], r[0]["content"]
 
 
 def convert(obj: Any, kind: str, fmt: DataFormat) -> Any:
@@ -142,10 +140,10 @@ def convert(obj: Any, kind: str, fmt: DataFormat) -> Any:
         if kind == "prompts":
             if turns[-1]["role"] == "assistant":
                 raise FormatError("field 'messages': a prompt's conversation must end with a user (or system) turn")
-            return {"prompt": render(turns, fmt.template), **extra}
+            return {"prompt": render(turns, fmt.chat_template), **extra}
         if len(turns) < 2 or turns[-1]["role"] != "assistant":
             raise FormatError("field 'messages': an SFT conversation needs at least one turn before a final assistant turn")
-        return {"prompt": render(turns[:-1], fmt.template), "response": turns[-1]["content"], **extra}
+        return {"prompt": render(turns[:-1], fmt.chat_template), "response": turns[-1]["content"], **extra}
     if fmt.prompt_key not in obj:
         raise FormatError(f"missing field {fmt.prompt_key!r}" + (" (or 'messages')" if kind != "preferences" else ""))
     prompt = _prompt_text(obj[fmt.prompt_key], fmt.prompt_key, fmt)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rlhf import distributed
-from rlhf.data import DataError, pad_left, record_location
+from rlhf.data import DataError, record_location
+from rlhf.padding import pad_left
 from rlhf.model import GPT, generate
 from rlhf.tokenizer import too_long
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf.data import pad_right
+from rlhf.padding import pad_right
 
 
 def join_prompt_response(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int):
@@ -23,11 +23,12 @@ def join_prompt_response(prompt_ids: list[list[int]], response_ids: list[list[in
     return ids, mask, rmask
 
 
-def sft_loss(logits, ids, response_mask):
-    """Next-token cross-entropy on response tokens only (prompt and padding carry no loss).
+def response_nll(logits, ids, response_mask):
+    """Per-token next-token NLL on response tokens, 0 on prompt and padding, and the weights it was taken with.
 
-    loss = sum_t m_{t+1} * -log p(x_{t+1} | x_{<=t}) / sum_t m_{t+1}
-    logits (B, T, V), ids (B, T), response_mask (B, T) -> scalar.
+    nll_t = m_{t+1} * -log p(x_{t+1} | x_{<=t}),   m = response_mask shifted one column left
+    logits (B, T, V), ids (B, T), response_mask (B, T) -> (nll (B, T), m (B, T)). sft_loss averages it;
+    rlhf.dpo.sequence_logps sums it per row.
     """
     # Every column t predicts ids[t + 1]; the last column's target is a dummy (ids[0]) whose weight is 0.
     # Written over all T columns rather than logits[:, :-1] so the (B, T, V) logits are read in place: the
@@ -36,4 +37,14 @@ def sft_loss(logits, ids, response_mask):
     targets = ids.roll(-1, dims=1)  # (B, T)
     m = F.pad(response_mask[:, 1:], (0, 1))  # (B, T), 0 in the last column
     nll = F.cross_entropy(logits.float().reshape(B * T, V), targets.reshape(B * T), reduction="none").view(B, T)
-    return torch.where(m > 0, nll * m, 0.0).sum() / m.sum().clamp(min=1.0)  # where: a non-finite dummy column stays out
+    return torch.where(m > 0, nll * m, 0.0), m  # where: a non-finite dummy column stays out
+
+
+def sft_loss(logits, ids, response_mask):
+    """Next-token cross-entropy on response tokens only (prompt and padding carry no loss).
+
+    loss = sum_t m_{t+1} * -log p(x_{t+1} | x_{<=t}) / sum_t m_{t+1}
+    logits (B, T, V), ids (B, T), response_mask (B, T) -> scalar.
+    """
+    nll, m = response_nll(logits, ids, response_mask)
+    return nll.sum() / m.sum().clamp(min=1.0)

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rlhf.data import (SCHEMAS, DataError, append_jsonl, batches, pad_left, pad_right, read_json, read_jsonl,
-                       validate_record, write_json, write_jsonl)
+from rlhf.data import (SCHEMAS, DataError, append_jsonl, read_json, read_jsonl, validate_record, write_json, write_jsonl)
+from rlhf.padding import batches, pad_left, pad_right
 
 GOOD = {
     "sft": {"prompt": "say hi", "response": "hi"},

@@ -35,18 +35,18 @@ CASES = [  # (kind, record, DataFormat kwargs, what it reads as)
                      "rejected": [_turn("assistant", "go")]}, {},
      {"prompt": "system: be brief\nuser: hi", "chosen": "hello", "rejected": "go"}),
     ("preferences", {"chosen": [_turn("user", "hi"), _turn("assistant", "hello")], "rejected": [_turn("user", "hi"), _turn("assistant", "go")]},
-     {"template": "hh"}, {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello", "rejected": "go"}),
+     {"chat_template": "hh"}, {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello", "rejected": "go"}),
     ("preferences", {"input": "q", "good": "a", "bad": "b"}, {"prompt_key": "input", "chosen_key": "good", "rejected_key": "bad"},
      {"prompt": "q", "chosen": "a", "rejected": "b"}),
     ("sft", {"prompt": "p", "response": "r"}, {}, {"prompt": "p", "response": "r"}),
     ("sft", {"prompt": "p", "completion": "r", "id": 7}, {}, {"prompt": "p", "response": "r", "id": 7}),
     ("sft", {"messages": [_turn("user", "q"), _turn("assistant", "a1"), _turn("user", "more"), _turn("assistant", "a2")]}, {},
      {"prompt": "user: q\nassistant: a1\nuser: more", "response": "a2"}),
-    ("sft", {"prompt": [_turn("user", "q")], "completion": [_turn("assistant", "a")]}, {"template": "hh"},
+    ("sft", {"prompt": [_turn("user", "q")], "completion": [_turn("assistant", "a")]}, {"chat_template": "hh"},
      {"prompt": "\n\nHuman: q\n\nAssistant:", "response": "a"}),
     ("sft", {"question": "q", "answer": "a"}, {"prompt_key": "question", "response_key": "answer"}, {"prompt": "q", "response": "a"}),
     ("prompts", {"prompt": [_turn("user", "q")], "id": "x"}, {}, {"prompt": "user: q", "id": "x"}),
-    ("prompts", {"messages": [_turn("system", "s"), _turn("user", "q")]}, {"template": "hh"}, {"prompt": "s\n\nHuman: q\n\nAssistant:"}),
+    ("prompts", {"messages": [_turn("system", "s"), _turn("user", "q")]}, {"chat_template": "hh"}, {"prompt": "s\n\nHuman: q\n\nAssistant:"}),
 ]
 
 
