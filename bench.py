@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import arg, parse_args
-from rlhf.device import clock, resolve_device
+from rlhf.device import clock, cpu_threads, resolve_device
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
 from rlhf.optim import make_optimizer
 from rlhf.ppo import gae, shaped_rewards, whiten
@@ -77,7 +77,7 @@ class Args:
     repeats: int = arg(5, "timed rounds after one warm-up round", ge=1, le=10**6)
     stages: str = arg("all", f"comma-separated subset of: {','.join(STAGES)} (hf only with --compare-hf)")
     compare_hf: bool = arg(False, "also time HF transformers' GPT-2 generate on the same batch")
-    threads: int = arg(0, "torch CPU threads (0: torch's default)", ge=0, le=4096)
+    threads: int = arg(0, "torch CPU threads (0: the CPUs this process may use, rlhf.device.cpu_threads)", ge=0, le=4096)
     seed: int = arg(0, "fixes the random weights, inputs and sampling", ge=0, le=2**32 - 1)
     json: str | None = arg(None, "also write every figure to this JSON file")
 
@@ -260,8 +260,7 @@ def summary(xs):
 
 def main():
     a = parse()
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads or cpu_threads())
     s = SHAPES[a.shape]
     stages, n_policy, n_rm = build(a, s)
     gpu = torch.cuda.get_device_name() if a.device == "cuda" else None

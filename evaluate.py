@@ -21,17 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from rlhf import tasks
-from rlhf.checkpoint import load_model
-from rlhf.config import DataArgs, DeviceArgs, arg, config_to_dict, parse_args
-from rlhf.run import run_cli, start_script
-from rlhf.formats import data_format
-from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
-from rlhf.device import peak_memory
-from rlhf.evaluation import check_same_tokenizer, evaluate_policy
-from rlhf.precision import autocast
-from rlhf.sampling import check_prompts_fit
+from rlhf.config import DataArgs, DeviceArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -49,6 +39,19 @@ class Args(DataArgs, DeviceArgs):
     batch_size: int = arg(64, "prompts per generate / scoring call", ge=1, le=2**20)
     out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
     name: str | None = arg(None, "row label in the table (default: the policy path)")
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, description=__doc__.split("\n")[0])
+
+from rlhf import tasks
+from rlhf.checkpoint import load_model
+from rlhf.run import run_cli, start_script
+from rlhf.formats import data_format
+from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
+from rlhf.device import peak_memory
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+from rlhf.precision import autocast
+from rlhf.sampling import check_prompts_fit
 
 
 def fmt(m: dict, key: str, digits: int = 3) -> str:

@@ -21,10 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf import tasks
-from rlhf.config import arg, config_to_dict, parse_args, print_config
-from rlhf.run import run_cli
-from rlhf.data import write_json, write_jsonl
+from rlhf.config import answer_help, arg, config_to_dict, parse_args, print_config
 
 
 @dataclass
@@ -41,6 +38,13 @@ class Args:
     flip_rate: float | None = arg(None, "annotator label-flip rate in [0, 0.5] (task default when unset)", ge=0.0, le=0.5)
     length_bias: float | None = arg(None, "annotator preference for length, logits per 10 words (task default when unset)")
     overwrite: bool = arg(False, "replace an existing data directory")
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, description=__doc__.split("\n")[0])
+
+from rlhf import tasks
+from rlhf.run import run_cli
+from rlhf.data import write_json, write_jsonl
 
 
 def label_pairs(task, prompts: list[str], rng: random.Random) -> tuple[list[dict], dict]:

@@ -41,14 +41,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from rlhf.config import arg, parse_args
-from rlhf.data import read_json, write_json
-from rlhf.device import device_error
+from rlhf.config import answer_help, arg, device_error, parse_args
 from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagnostics, summarise, table, winrates,
                          write_csv, write_text)
-from rlhf.run import provenance, run_cli
+
 
 PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
 # What each preset changes beyond passing --preset to every script. Tiny: the README's settings.
@@ -78,9 +74,17 @@ class Args:
     spg_gamma: float = arg(0.5, "RLP-SPG gamma (paper 0.5)", ge=0.0, le=1.0)
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
-    threads: int = arg(0, "torch CPU threads for every stage (0: torch's default)", ge=0, le=4096)
+    threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
     device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
                       check=device_error)
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, description=__doc__.split("\n")[0])
+
+from tqdm import tqdm
+
+from rlhf.data import read_json, write_json
+from rlhf.run import provenance, run_cli
 
 
 def _die_with_parent():

@@ -19,18 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from rlhf.checkpoint import load_model
-from rlhf.config import DataArgs, DeviceArgs, arg, parse_args
-from rlhf.formats import data_format
-from rlhf.data import DataError, atomic_write_bytes, read_jsonl, read_text_lines
-from rlhf.evaluation import check_same_tokenizer
-from rlhf.precision import autocast
-from rlhf.reward import score_rollout
-from rlhf.run import run_cli, start_script
-from rlhf.sampling import sample
-from rlhf.tokenizer import too_long
+from rlhf.config import DataArgs, DeviceArgs, answer_help, arg, parse_args
 
 
 @dataclass
@@ -58,6 +47,21 @@ class Args(DataArgs, DeviceArgs):
             raise ValueError("--top-k and --top-p shape sampling; --temperature 0 (greedy) does not sample")
         if self.prompt is not None and self.prompts is not None:
             raise ValueError("give prompts with --prompt or with --prompts, not both")
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, description=__doc__.split("\n")[0])
+
+import torch
+
+from rlhf.checkpoint import load_model
+from rlhf.formats import data_format
+from rlhf.data import DataError, atomic_write_bytes, read_jsonl, read_text_lines
+from rlhf.evaluation import check_same_tokenizer
+from rlhf.precision import autocast
+from rlhf.reward import score_rollout
+from rlhf.run import run_cli, start_script
+from rlhf.sampling import sample
+from rlhf.tokenizer import too_long
 
 
 def read_prompts(args) -> list[tuple[str, str]]:

@@ -21,18 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from rlhf.checkpoint import load_model, weights_digest
-from rlhf.config import DataArgs, DeviceArgs, arg, config_to_dict, parse_args
-from rlhf.run import run_cli, start_script
-from rlhf.formats import data_format
-from rlhf.data import DataError, append_jsonl, atomic_write_bytes, read_json, read_jsonl, validate_record, write_json
-from rlhf.evaluation import check_same_tokenizer
-from rlhf.precision import autocast
-from rlhf.reward import score_rollout
-from rlhf.sampling import check_prompts_fit, sample
+from rlhf.config import DataArgs, DeviceArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -50,6 +39,21 @@ class Args(DataArgs, DeviceArgs):
 
 # settings that must match for a partial output to be continued
 _SAME = ("policy", "rm", "prompts", "k", "temperature", "max_new_tokens", "batch_size", "seed", "device", "dtype")
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, description=__doc__.split("\n")[0])
+
+import torch
+from tqdm import tqdm
+
+from rlhf.checkpoint import load_model, weights_digest
+from rlhf.run import run_cli, start_script
+from rlhf.formats import data_format
+from rlhf.data import DataError, append_jsonl, atomic_write_bytes, read_json, read_jsonl, validate_record, write_json
+from rlhf.evaluation import check_same_tokenizer
+from rlhf.precision import autocast
+from rlhf.reward import score_rollout
+from rlhf.sampling import check_prompts_fit, sample
 
 
 def main(argv=None):

@@ -20,22 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from rlhf import distributed
-from rlhf.checkpoint import last_good, load_model
-from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
-from rlhf.formats import data_format
-from rlhf.data import write_json
-from rlhf.device import check_memory, oom_guard, peak_memory
-from rlhf.dpo import dpo_loss, implicit_reward, sequence_logps
-from rlhf.evaluation import format_diagnostics
-from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.precision import autocast, maybe_compile
-from rlhf.resume import resume, save_step
-from rlhf.reward import longest_pair, pairs_fitting, read_preference_split, rm_diagnostics
-from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -70,6 +55,25 @@ PRESETS = {"smoke": dict(batch_size=16, lr=1e-4, warmup_steps=5, eval_every=50, 
            "small": dict(batch_size=64, lr=5e-6, eval_every=50, ckpt_every=100),
            # a GPT-2-format policy: Rafailov et al. 2023 §6 and Appendix B (beta 0.1, lr 1e-6, batch 64, 150 warm-up steps)
            "gpt2": dict(batch_size=32, grad_accum=2, lr=1e-6, warmup_steps=150, eval_every=100, ckpt_every=200)}
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, presets=PRESETS, description=__doc__.split("\n")[0])
+
+import torch
+from tqdm import tqdm
+
+from rlhf import distributed
+from rlhf.checkpoint import last_good, load_model
+from rlhf.formats import data_format
+from rlhf.data import write_json
+from rlhf.device import check_memory, oom_guard, peak_memory
+from rlhf.dpo import dpo_loss, implicit_reward, sequence_logps
+from rlhf.evaluation import format_diagnostics
+from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
+from rlhf.reward import longest_pair, pairs_fitting, read_preference_split, rm_diagnostics
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
 def main(argv=None):

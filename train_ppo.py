@@ -27,26 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from rlhf import distributed, tasks
-from rlhf.checkpoint import last_good, load_model
-from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
-from rlhf.formats import data_format
-from rlhf.data import read_json, read_jsonl, record_location
-from rlhf.device import check_memory, clock, oom_guard, peak_memory
-from rlhf.evaluation import check_same_tokenizer, evaluate_policy
-from rlhf.model import ScalarModel
-from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, masked_var, rloo_advantages, sequence_kl,
-                       shaped_rewards, whiten)
-from rlhf.ppo_update import Batch, PPOHParams, ppo_update
-from rlhf.precision import autocast, maybe_compile
-from rlhf.resume import resume, save_step
-from rlhf.reward import contrastive_reward, load_baselines, score_rollout, weak_rm_warning
-from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
-from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
+from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -127,6 +108,29 @@ PRESETS = {"smoke": dict(steps=40, batch_size=32, minibatches=2, ppo_epochs=2, l
                         kl_horizon=10000, temperature=0.7, max_new_tokens=24, eval_every=10, ckpt_every=10),
            "alpacafarm": dict(kl_coef=0.0067, clamp_kl=True, whiten_rewards=True, whiten_advantages=True, cliprange=0.2,
                               cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=1.0, missing_eos_penalty=-10.0)}
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, presets=PRESETS, description=__doc__.split("\n")[0])
+
+import torch
+from tqdm import tqdm
+
+from rlhf import distributed, tasks
+from rlhf.checkpoint import last_good, load_model
+from rlhf.formats import data_format
+from rlhf.data import read_json, read_jsonl, record_location
+from rlhf.device import check_memory, clock, oom_guard, peak_memory
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy
+from rlhf.model import ScalarModel
+from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, masked_var, rloo_advantages, sequence_kl,
+                       shaped_rewards, whiten)
+from rlhf.ppo_update import Batch, PPOHParams, ppo_update
+from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
+from rlhf.reward import contrastive_reward, load_baselines, score_rollout, weak_rm_warning
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
 
 def main(argv=None):

@@ -23,26 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from rlhf import distributed
-from rlhf.checkpoint import last_good, load_model
-from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
-from rlhf.formats import data_format
-from rlhf.data import read_jsonl, write_json
-from rlhf.device import check_memory, oom_guard, peak_memory
-from rlhf.evaluation import format_diagnostics, rm_report
-from rlhf.gpt2 import load_gpt2
-from rlhf.metrics import few_caveat, pair_accuracy
-from rlhf.model import ScalarModel
-from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.precision import autocast, maybe_compile
-from rlhf.resume import resume, save_step
-from rlhf.reward import (bradley_terry_loss, longest_pair, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
-                         score_texts)
-from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
-from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -88,6 +69,29 @@ PRESETS = {"smoke": dict(batch_size=16, warmup_steps=5, eval_every=50, ckpt_ever
            # a GPT-2-format trunk on your own pairs: Ziegler et al. 2019 (arXiv 1909.08593; openai/lm-human-preferences
            # launch.py, GPT-2 124M reward models): batch 32, lr 5e-5, one epoch; the head at the trunk's lr
            "gpt2": dict(batch_size=32, lr=5e-5, head_lr=5e-5, warmup_steps=0, eval_every=100, ckpt_every=200)}
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, presets=PRESETS, description=__doc__.split("\n")[0])
+
+import torch
+from tqdm import tqdm
+
+from rlhf import distributed
+from rlhf.checkpoint import last_good, load_model
+from rlhf.formats import data_format
+from rlhf.data import read_jsonl, write_json
+from rlhf.device import check_memory, oom_guard, peak_memory
+from rlhf.evaluation import format_diagnostics, rm_report
+from rlhf.gpt2 import load_gpt2
+from rlhf.metrics import few_caveat, pair_accuracy
+from rlhf.model import ScalarModel
+from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
+from rlhf.reward import (bradley_terry_loss, longest_pair, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
+                         score_texts)
+from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
 def main(argv=None):

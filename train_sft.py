@@ -18,24 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
-from rlhf import distributed, tasks
-from rlhf.checkpoint import last_good, load_tokenizer
-from rlhf.config import DataArgs, TrainArgs, arg, config_to_dict, parse_args
-from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
-from rlhf.formats import data_format
-from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
-from rlhf.device import check_memory, oom_guard, peak_memory
-from rlhf.gpt2 import load_gpt2
-from rlhf.model import GPT, GPTConfig
-from rlhf.optim import lr_factor, make_optimizer, set_lr
-from rlhf.precision import autocast, maybe_compile
-from rlhf.resume import resume, save_step
-from rlhf.sampling import check_prompts_fit, sample
-from rlhf.sft import join_prompt_response, sft_loss
-from rlhf.tokenizer import Tokenizer, too_long
+from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
@@ -90,6 +73,27 @@ PRESETS = {
     "gpt2": dict(block_size=512, batch_size=8, grad_accum=2, lr=3e-6, warmup_steps=0, lr_schedule="cosine", weight_decay=0.0,
                  ckpt_every=500, log_every=50),
 }
+
+# `--help` answers here, from Args alone: the imports below load torch and take seconds
+answer_help(__name__, Args, presets=PRESETS, description=__doc__.split("\n")[0])
+
+import torch
+from tqdm import tqdm
+
+from rlhf import distributed, tasks
+from rlhf.checkpoint import last_good, load_tokenizer
+from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
+from rlhf.formats import data_format
+from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
+from rlhf.device import check_memory, oom_guard, peak_memory
+from rlhf.gpt2 import load_gpt2
+from rlhf.model import GPT, GPTConfig
+from rlhf.optim import lr_factor, make_optimizer, set_lr
+from rlhf.precision import autocast, maybe_compile
+from rlhf.resume import resume, save_step
+from rlhf.sampling import check_prompts_fit, sample
+from rlhf.sft import join_prompt_response, sft_loss
+from rlhf.tokenizer import Tokenizer, too_long
 
 
 def main(argv=None):

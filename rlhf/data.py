@@ -366,3 +366,12 @@ def append_jsonl(path, rows: Iterable[dict]) -> None:
 def write_json(path, obj: Any) -> None:
     """Atomically write one JSON value (indent 2, sorted keys); config.json, meta.json, tables."""
     atomic_write_bytes(path, [_dumps(obj, str(path), indent=2, sort_keys=True) + b"\n"])
+
+
+def read_metrics(path) -> list[dict]:
+    """All rows of a metrics.jsonl; a final partial line (a crash mid-write) is dropped with a warning."""
+    rows = read_objects(path, allow_partial_tail=True)
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
+            raise DataError(f"{path}: row {i + 1} has no integer 'step'")
+    return rows

@@ -27,6 +27,32 @@ def device_error(name: str) -> str | None:
     return f"must be auto, cpu, cuda or cuda:N (got {name!r}); {have}"
 
 
+def cpu_threads(quota_files=("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us")) -> int:
+    """Threads for `--threads 0`: the CPUs this process may actually use, shared among torchrun's processes on this
+    machine, and never more than torch's own default.
+
+    The CPUs it may use are the fewer of its affinity mask (os.sched_getaffinity: taskset, a container's cpuset) and
+    its cgroup CPU quota rounded up (cgroup v2 cpu.max "200000 100000" = 2 CPUs; v1 cfs_quota_us / cfs_period_us).
+    torch's default counts the machine's cores and sees neither a quota nor other processes, so in a container
+    with a quota, or under torchrun on the CPU, it runs more threads than there are CPUs, and they wait on each other.
+    """
+    offered = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    for path in quota_files:
+        try:
+            text = open(path).read().split()
+            if path.endswith("cpu.max"):
+                quota, period = text[0], text[1]
+            else:
+                quota, period = text[0], open(path.replace("cfs_quota_us", "cfs_period_us")).read().split()[0]
+        except (OSError, IndexError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            offered = min(offered, max(1, -(-int(quota) // int(period))))
+        break
+    procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(torch.get_num_threads(), offered // procs))
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu. Under torchrun a CUDA run uses GPU LOCAL_RANK (one GPU per rank):
     auto picks the GPUs only when there is one for every process on this machine, and an explicit cuda:N is refused

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from rlhf.data import DataError
-from rlhf.run import read_metrics
+from rlhf.data import read_metrics
 
 PANELS = [  # (title, keys): each key one line against the step
     ("loss", ["sft/loss", "rm/loss", "dpo/loss", "val/loss", "ppo/loss/policy", "ppo/loss/value", "ppo/loss/kl"]),

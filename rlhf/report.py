@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from rlhf.data import atomic_write_bytes, read_json
-from rlhf.run import read_metrics
+from rlhf.data import read_metrics
 
 METHODS = ["sft", "best_of_n", "dpo", "ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]  # table order
 LABELS = {"sft": "SFT", "best_of_n": "best-of-n (SFT, RM)", "dpo": "DPO (the RM's pairs)", "ppo": "PPO",

@@ -22,8 +22,8 @@ import torch
 
 from rlhf import distributed
 from rlhf.config import config_to_dict, print_config, read_paths
-from rlhf.data import DataError, named_os_error, read_json, read_objects, write_json, write_jsonl
-from rlhf.device import resolve_device, resolve_dtype
+from rlhf.data import named_os_error, read_json, read_metrics, write_json, write_jsonl
+from rlhf.device import cpu_threads, resolve_device, resolve_dtype
 from rlhf.resume import load_train_state
 
 
@@ -307,15 +307,6 @@ def tensorboard_writer(log_dir):
     return _summary_writer()(log_dir=str(log_dir))
 
 
-def read_metrics(path) -> list[dict]:
-    """All rows of a metrics.jsonl; a final partial line (a crash mid-write) is dropped with a warning."""
-    rows = read_objects(path, allow_partial_tail=True)
-    for i, r in enumerate(rows):
-        if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
-            raise DataError(f"{path}: row {i + 1} has no integer 'step'")
-    return rows
-
-
 def run_cli(main) -> None:
     """Run a script's main(): a bad input (the project's errors are all ValueErrors: DataError,
     CheckpointError, RunDirError, a task's or a model's refusal) ends with one line "error: ..." and exit
@@ -350,13 +341,14 @@ def run_cli(main) -> None:
 
 def _start(args, config_file=None) -> torch.device:
     """Resolve --device and --dtype (stored back into args, so the printed and saved config says what ran), join a
-    torchrun process group when there is one, print the config, set CPU threads (args.threads > 0)."""
+    torchrun process group when there is one, set CPU threads (--threads 0: rlhf.device.cpu_threads, stored back too),
+    print the config."""
     dev = resolve_device(args.device)
     args.device, args.dtype = str(dev), resolve_dtype(args.dtype, dev)
     distributed.init(args.device)
+    args.threads = args.threads or cpu_threads()
+    torch.set_num_threads(args.threads)
     print_config(args, config_file)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     return dev
 
 

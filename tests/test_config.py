@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from rlhf.config import arg, config_to_dict, parse_args, print_config
-from rlhf.run import MetricsWriter, RunDirError, prepare_run_dir, read_metrics, seed_everything
+from rlhf.data import read_metrics
+from rlhf.run import MetricsWriter, RunDirError, prepare_run_dir, seed_everything
 from rlhf.data import DataError
 
 

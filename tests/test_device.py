@@ -1,10 +1,13 @@
 """The device flag, gradient accumulation, activation checkpointing and the out-of-memory message, on the CPU
 (tests/test_cuda.py runs the pipeline on a GPU where there is one)."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from helpers import run
+from helpers import ROOT, run
 
 from rlhf.device import device_error, oom_guard, resolve_device, resolve_dtype
 from rlhf.model import GPT, GPTConfig
@@ -101,3 +104,34 @@ def test_grad_accum_refused_with_rlp_uml(algo, tmp_path):
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip().endswith("--grad-accum > 1 cannot be used with --uml-weight (RLP-UML's MIB loss contrasts within one "
                                      "batch); use --grad-checkpoint to save memory instead")
+
+
+def test_cpu_threads_follows_the_cgroup_quota_and_torchrun(tmp_path, monkeypatch):
+    from rlhf.device import cpu_threads
+    n = torch.get_num_threads()
+    v2 = tmp_path / "cpu.max"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    v2.write_text("max 100000\n")  # no quota: the affinity mask (and torch's default) decide
+    assert cpu_threads((str(v2),)) == min(n, len(os.sched_getaffinity(0)))
+    v2.write_text("50000 100000\n")  # half a CPU rounds up to 1
+    assert cpu_threads((str(v2),)) == 1
+    v1 = tmp_path / "cpu.cfs_quota_us"
+    v1.write_text("100000\n")
+    (tmp_path / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_threads((str(v1),)) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * n))  # more torchrun processes than CPUs: one thread each
+    assert cpu_threads((str(tmp_path / "absent"),)) == 1
+
+
+@pytest.mark.parametrize("script", ["train_sft.py", "train_rm.py", "train_dpo.py", "train_ppo.py", "evaluate.py", "sample.py",
+                                    "sample_baselines.py", "prepare_data.py", "reproduce.py"])
+def test_help_answers_without_importing_torch(script):
+    # torch made unimportable: --help must come from the script's Args alone (rlhf.config.answer_help)
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = [{script!r}, '--preset', 'smoke', '--help'] if {script!r}.startswith('train_') else [{script!r}, '--help']; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "usage:" in p.stdout and "--out" in p.stdout
+    if script.startswith("train_"):
+        assert "with --preset smoke" in p.stdout

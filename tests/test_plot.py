@@ -5,7 +5,7 @@ import pytest
 from helpers import run
 
 from rlhf.plot import gold_vs_kl, main as plot_cli, series
-from rlhf.run import read_metrics
+from rlhf.data import read_metrics
 
 
 def test_series_reads_each_panels_logged_keys_and_skips_missing_values():

@@ -35,7 +35,7 @@ import train_sft  # noqa: E402
 import rlhf.checkpoint  # noqa: E402
 from rlhf.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from rlhf.resume import load_train_state, resume, save_step  # noqa: E402
-from rlhf.run import read_metrics  # noqa: E402
+from rlhf.data import read_metrics  # noqa: E402
 from rlhf.data import SCHEMAS, DataError, append_jsonl, read_json, read_jsonl, read_objects  # noqa: E402
 from rlhf.reward import pairs_fitting  # noqa: E402
 from rlhf.tokenizer import Tokenizer  # noqa: E402
