@@ -37,6 +37,13 @@ class Args:
     tau: float | None = arg(None, "annotator noise temperature (task default when unset)", gt=0.0)
     flip_rate: float | None = arg(None, "annotator label-flip rate in [0, 0.5] (task default when unset)", ge=0.0, le=0.5)
     length_bias: float | None = arg(None, "annotator preference for length, logits per 10 words (task default when unset)")
+    noisy_share: float = arg(0.0, "prompt-dependent annotator noise: the share of prompt families (story: the requested object; "
+                             "algo: the operation), the same for every seed, whose annotator flips labels at --noisy-flip-rate "
+                             "(0: off)", ge=0.0, le=1.0)
+    noisy_flip_rate: float = arg(0.45, "label-flip rate in the noisy families (above 0.5: mostly inverted, so the RM is "
+                                 "confidently wrong there)", ge=0.0, le=1.0)
+    unlabelled_ratio: float | None = arg(None, "|U| = this x the labelled pairs (RLP's paper: 2, 20k prompts for 10k pairs); "
+                                         "overrides --n-unlabelled (None: --n-unlabelled)", gt=0.0, le=1000.0)
     overwrite: bool = arg(False, "replace an existing data directory")
 
 # `--help` answers here, from Args alone: the imports below load torch and take seconds
@@ -67,6 +74,13 @@ def label_pairs(task, prompts: list[str], rng: random.Random) -> tuple[list[dict
             agree += gc > gr
     stats = {"pairs": len(rows), "label_gold_agreement": agree / max(1, decided),
              "pairs_with_gold_tie": len(rows) - decided}
+    if task.annotator["noisy_share"]:  # the same agreement, on the noisy families' pairs and on the others'
+        for name, want in (("noisy", True), ("clean", False)):
+            g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in rows
+                 if task.noisy(r["prompt"]) == want]
+            d = [a > b for a, b in g if a != b]
+            stats[f"{name}_pairs"] = len(g)
+            stats[f"{name}_label_gold_agreement"] = sum(d) / max(1, len(d))
     return rows, stats
 
 
@@ -77,6 +91,9 @@ def main(argv=None):
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         sys.exit(f"error: {out} already holds files; pass --overwrite to replace them")
     annotator = {k: getattr(args, k) for k in ("tau", "flip_rate", "length_bias") if getattr(args, k) is not None}
+    if args.noisy_share:
+        annotator |= {"noisy_share": args.noisy_share, "noisy_flip_rate": args.noisy_flip_rate}
+    n_unlabelled = args.n_unlabelled if args.unlabelled_ratio is None else max(1, round(args.unlabelled_ratio * args.n_pairs))
     task = tasks.get_task(args.task, seed=args.seed, **annotator)
     rng = random.Random(args.seed)
 
@@ -84,7 +101,7 @@ def main(argv=None):
     demos = [{"prompt": p, "response": task.demonstration(p, rng)} for p in sft_prompts[:args.n_sft]]
     pairs, pair_stats = label_pairs(task, sft_prompts[args.n_sft:], rng)
     splits = {name: task.prompts(name, n) for name, n in
-              (("rl", args.n_rl), ("unlabelled", args.n_unlabelled), ("eval", args.n_eval))}
+              (("rl", args.n_rl), ("unlabelled", n_unlabelled), ("eval", args.n_eval))}
 
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "sft.jsonl", demos, kind="sft")
@@ -97,7 +114,8 @@ def main(argv=None):
     ref_gold = sum(task.gold(p, task.reference(p)) for p in eval_prompts) / len(eval_prompts)
     meta = {"task": args.task, "seed": args.seed, "annotator": task.annotator_settings(),
             "sizes": {"sft": len(demos), "preferences": len(pairs), **{k: len(v) for k, v in splits.items()}},
-            "pairs": pair_stats, "eval_gold": {"demonstration": demo_gold, "reference": ref_gold},
+            "pairs": pair_stats, **({"noisy_families": sorted(f for f in task.families if task.noisy_family(f))} if args.noisy_share else {}),
+            "eval_gold": {"demonstration": demo_gold, "reference": ref_gold},
             "args": config_to_dict(args)}
     write_json(out / "meta.json", meta)
     print(f"wrote {out}: {len(demos)} demonstrations, {len(pairs)} pairs "

@@ -72,6 +72,9 @@ class Args:
     best_of_n: int = arg(4, "n of the best-of-n baseline", ge=2, le=4096)
     uml_weight: float = arg(0.5, "RLP-UML lambda (paper 0.5)", gt=0.0)
     spg_gamma: float = arg(0.5, "RLP-SPG gamma (paper 0.5)", ge=0.0, le=1.0)
+    normalize: bool = arg(True, "train every RM (the first, the RLP ones, the noise sweep's) with --normalize: its rewards "
+                          "have mean 0 and std 1 on held-out pairs, so --kl-coef is the same trade-off for every RM "
+                          "(--no-normalize: raw scores, as before)")
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
     threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
@@ -178,11 +181,12 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
     cfg = SETTINGS[args.preset]
     steps = args.ppo_steps or cfg["ppo_steps"]
     pre = ["--preset", args.preset, "--seed", seed]
+    rm_flags = [*cfg["rm"], *(["--normalize"] if args.normalize else [])]
     data = st(f"{tag}data", "prepare_data.py", "--task", args.task, "--out", d / "data", "--seed", seed, *cfg["data"],
               *(["--flip-rate", flip_rate] if flip_rate is not None else []), out=d / "data", kind="data")
     if sft is None:
         sft = st(f"{tag}sft", "train_sft.py", *pre, "--data", data, *cfg["sft"], "--out", d / "sft", out=d / "sft") / "ckpt"
-    rm = st(f"{tag}rm", "train_rm.py", *pre, "--data", data, "--sft", sft, *cfg["rm"], "--out", d / "rm", out=d / "rm") / "ckpt"
+    rm = st(f"{tag}rm", "train_rm.py", *pre, "--data", data, "--sft", sft, *rm_flags, "--out", d / "rm", out=d / "rm") / "ckpt"
     ppo_seeds = [seed + p * args.seeds for p in range(args.ppo_seeds)]
     runs = {m: [(seed, m, None, rm)] for m in ("sft", "best_of_n") if m in methods}  # method -> (seed, name, dir, RM)
 
@@ -213,7 +217,7 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
         for m, flags in (("rlp_uml", ["--uml-weight", args.uml_weight]), ("rlp_spg", ["--spg-gamma", args.spg_gamma])):
             if m in methods:
                 ppo(m, st(f"{tag}rm_{m}", "train_rm.py", *pre, "--data", data, "--sft", sft, "--policy-samples", samples,
-                          *flags, *cfg["rm"], "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt")
+                          *flags, *rm_flags, "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt")
     if "oracle" in methods:
         ppo("oracle", rm, "--reward", "gold")
     records = []

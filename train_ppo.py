@@ -24,6 +24,7 @@ evaluation, prints and writes checkpoints and metrics.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,6 +72,9 @@ class Args(DataArgs, TrainArgs):
     group_size: int = arg(1, "samples of each prompt in an iteration's --batch-size rollouts (k; rloo and grpo need 2 or more)", ge=1, le=4096)
     value_head: str = arg("separate", "value function: a separate model, or a head on the policy trunk", choices=["separate", "shared"])
     value_init: str = arg("auto", "separate value model's start: the RM, or the SFT trunk with a fresh head (auto: the RM when PPO scores with one, else SFT)", choices=["auto", "rm", "sft"])
+    value_shift: bool = arg(True, "--reward contrastive with the value model from the RM: start it on the scale of the return it "
+                            "predicts, its output lowered by the mean baseline over the RL prompts (--no-value-shift: the RM's "
+                            "raw scale, which value clipping lets move by --cliprange-value an iteration)")
     grad_clip: float = arg(1.0, "clip each model's gradient norm (0: off)", ge=0.0)
     eval_every: int = arg(10, "held-out evaluation every N iterations", ge=1)
     n_eval: int = arg(100, "held-out prompts per evaluation", ge=1, le=10**7)
@@ -121,14 +125,15 @@ from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location
 from rlhf.device import check_memory, clock, oom_guard, peak_memory
 from rlhf.evaluation import check_same_tokenizer, evaluate_policy
-from rlhf.model import ScalarModel
+from rlhf.metrics import pearson
+from rlhf.model import ScalarModel, last_token_index
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, masked_var, rloo_advantages, sequence_kl,
                        shaped_rewards, whiten)
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import contrastive_reward, load_baselines, score_rollout, weak_rm_warning
+from rlhf.reward import aggregate_baselines, baseline_variance, contrastive_reward, load_baselines, score_rollout, weak_rm_warning
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
@@ -156,7 +161,8 @@ def main(argv=None):
         if m is not None:
             m.to(dev)
     policy.grad_checkpoint = args.grad_checkpoint
-    value, optimizers = value_function(args, value_init, policy, rm, dev)
+    shift = initial_value_shift(args, value_init, baselines, rl_prompts)
+    value, optimizers = value_function(args, value_init, policy, rm, dev, shift)
     for m in (policy, ref, rm, value):  # --compile: the blocks of every model, in place (rlhf.precision)
         if m is not None:
             maybe_compile(m, args.compile)
@@ -200,6 +206,11 @@ def main(argv=None):
     ref_texts = None
     if start == 0 and distributed.is_main():
         m, ref_texts = evaluate(None)
+        if shift:
+            m["value/init_shift"] = shift
+        if baselines is not None and min(len(b) for b in baselines.values()) >= 2:  # what the baseline carries
+            rows = torch.stack([baselines[p] for p in dict.fromkeys(rl_prompts)])
+            m["baseline/between_prompt_var"], m["baseline/within_prompt_var_over_k"] = baseline_variance(rows)
         metrics.log(0, m)
         print("before PPO: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
     B = args.batch_size
@@ -248,6 +259,7 @@ def main(argv=None):
             else:  # one advantage per sequence from its prompt's group, on every response token (no critic)
                 rewards, advantages, returns = group_advantages(args, scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, P, k)
             adv_var = masked_var(advantages, rmask).item()
+            mech = mechanism_stats(args, task, roll, scores, advantages, old_values if value is not None else None, returns, rmask)
             if args.whiten_advantages and args.advantage == "gae":
                 advantages = whiten(advantages, rmask, reduce=distributed.all_reduce_sum)
             for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
@@ -272,7 +284,7 @@ def main(argv=None):
             if value is not None:
                 log["ppo/val/var_explained"] = 1 - masked_var(returns - old_values, rmask).item() / max(masked_var(returns, rmask).item(), 1e-8)
             log |= {"ppo/advantages/var": adv_var, "ppo/length": rmask.sum(1).mean().item(),
-                   "ppo/stopped": roll.stopped.float().mean().item()}
+                   "ppo/stopped": roll.stopped.float().mean().item(), **mech}
             stages = ["start", "rollout", "score", "forward", "update"]
             log.update({f"time/{b}": t[b] - t[a] for a, b in zip(stages, stages[1:])})
             log = distributed.all_reduce_mean_dict(log)  # means over ranks (unchanged in one process)
@@ -350,6 +362,34 @@ def resolve_value_init(args) -> str:
     return args.value_init
 
 
+def mechanism_stats(args, task, roll, scores, advantages, values, returns, mask) -> dict:
+    """What each method's mechanism does to this iteration's rollouts (logged beside the losses; no randomness):
+      value/eos_error             mean V(EOS) - return(EOS): the critic's signed error where the score arrives (GAE)
+      contrastive/beats_baseline  share of rollouts whose score beats their prompt's baseline (--reward contrastive)
+      contrastive/adv_eos_corr    Pearson correlation of the advantage at EOS with score - baseline
+      rollout/gold, rollout/reward_gold_corr  (built-in task) mean gold of the training rollouts and the within-batch
+                                  correlation of the reward PPO maximises with gold
+    scores (B,) as PPO uses them (the contrastive reward under --reward contrastive), advantages / values / returns
+    (B, Tr) before whitening, mask (B, Tr)."""
+    eos = last_token_index(mask)
+    rows = torch.arange(len(eos), device=eos.device)
+    adv_eos = advantages[rows, eos].float().cpu()
+    out = {}
+    if values is not None:
+        out["value/eos_error"] = (values[rows, eos] - returns[rows, eos]).float().mean().item()
+    if args.reward == "contrastive":
+        cr = scores.float().cpu()
+        out["contrastive/beats_baseline"] = (cr > 0).float().mean().item()
+        out["contrastive/adv_eos_corr"] = pearson(adv_eos, cr)
+    if task is not None:
+        gold = [task.gold(p, t) for p, t in zip(roll.prompts, roll.texts)]
+        known = [i for i, x in enumerate(gold) if not math.isnan(x)]
+        if known:
+            out["rollout/gold"] = sum(gold[i] for i in known) / len(known)
+            out["rollout/reward_gold_corr"] = pearson(scores.float().cpu()[known], [gold[i] for i in known])
+    return out
+
+
 def group_advantages(args, scores, logprobs, ref_logprobs, mask, kl_coef: float, P: int, k: int):
     """--advantage rloo | grpo: the sequence advantage of each rollout from the k samples of its prompt (rows are
     prompt-major: prompt i's samples are rows i*k .. i*k+k-1), on every response token.
@@ -365,9 +405,21 @@ def group_advantages(args, scores, logprobs, ref_logprobs, mask, kl_coef: float,
     return seq, adv[:, None] * mask, torch.zeros_like(logprobs)
 
 
-def value_function(args, value_init: str, policy, rm, dev):
+def initial_value_shift(args, value_init: str, baselines, rl_prompts: list[str]) -> float:
+    """What the value model from the RM starts lowered by: under --reward contrastive (and --value-shift) the mean,
+    over the distinct RL prompts, of their aggregated baselines g({r(x, y_j)}), so that it starts near the contrastive
+    return r(x, y) - g(...) instead of the raw RM score (each RM has its own offset); else 0."""
+    if not (args.reward == "contrastive" and value_init == "rm" and args.value_shift and args.advantage == "gae"
+            and args.value_head == "separate"):
+        return 0.0
+    rows = torch.stack([baselines[p] for p in dict.fromkeys(rl_prompts)])  # (P, k)
+    return aggregate_baselines(rows, args.baseline_agg).mean().item()
+
+
+def value_function(args, value_init: str, policy, rm, dev, shift: float = 0.0):
     """The value function and the optimisers -> (value, {"policy": opt[, "value": vopt]}); value None (no critic) for
-    --advantage rloo and grpo.
+    --advantage rloo and grpo. shift: the value model from the RM predicts (head - shift_RM) / scale - shift
+    (initial_value_shift), folded into its shift buffer.
 
     shared: a fresh zero-initialised linear head on the policy's hidden states, trained by the policy's
     optimiser in a group of its own (lr --vf-lr); separate: a ScalarModel from the RM or from the SFT trunk
@@ -383,6 +435,9 @@ def value_function(args, value_init: str, policy, rm, dev):
                                                  {"named": value.named_parameters(), "lr": args.vf_lr}], args.lr)}
     if value_init == "rm":
         value, _, _ = load_model(args.rm, "rm", into=ScalarModel(rm.config))
+        if shift:
+            value.shift += shift * value.scale
+            print(f"value model: the RM's output lowered by the mean baseline {shift:.4f} (--no-value-shift: not)")
     else:
         value = ScalarModel(policy.config)
         value.gpt.load_state_dict(policy.state_dict())

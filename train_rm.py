@@ -90,7 +90,7 @@ from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
 from rlhf.reward import (bradley_terry_loss, longest_pair, pair_batch, pairs_fitting, policy_sample_pairs, read_preference_split, rm_diagnostics,
                          score_texts)
-from rlhf.rlp import Critic, GaussianHead, mib_loss, normalised_key, spg_pairs
+from rlhf.rlp import Critic, GaussianHead, cluster_by_key, mib_loss, normalised_key, spg_pairs
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 
 
@@ -255,23 +255,32 @@ def load_pairs(args, data: Path):
         n_held = max(1, len(samples) // 10)
         held_samples, samples = [samples[i] for i in sperm[:n_held]], [samples[i] for i in sperm[n_held:]]
     if args.spg_gamma is not None or args.spg_random_pair:  # RLP-SPG: synthetic pairs join the human pairs
-        syn, rlp_stats = synthetic_pairs(args, samples, task)
+        syn, rlp_stats = synthetic_pairs(args, samples, task, len(train))
         train = train + syn
-    uml = [r for r in samples if len(set(r["responses"])) >= 2] if args.uml_weight > 0 else []
+    uml = uml_rows(samples) if args.uml_weight > 0 else []
     if args.uml_weight > 0 and len(uml) < 2:
         raise ValueError(f"{args.policy_samples}: RLP-UML needs at least 2 prompts with two different responses")
     return task, pairs_path, train, val, held_samples, uml, rlp_stats
 
 
-def synthetic_pairs(args, samples: list[dict], task) -> tuple[list[dict], dict]:
-    """RLP-SPG's synthetic pairs from the policy samples, and their statistics (share accepted, gold accuracy)."""
+def synthetic_pairs(args, samples: list[dict], task, n_human: int) -> tuple[list[dict], dict]:
+    """RLP-SPG's synthetic pairs from the policy samples, and their statistics: share accepted, |D_hat| / |D| (n_human:
+    the human training pairs), a histogram of the largest cluster's size, the share of accepted prompts whose
+    majority is the empty answer's key, gold accuracy and the mean gold gap of chosen over rejected."""
     key = task.key if task is not None else normalised_key
     syn = spg_pairs(samples, key, args.spg_gamma or 0.0, torch.Generator().manual_seed(args.seed + 2), args.spg_random_pair)
-    stats = {"rlp/spg_pairs": len(syn), "rlp/spg_acceptance": len(syn) / max(1, len(samples))}
+    stats = {"rlp/spg_pairs": len(syn), "rlp/spg_acceptance": len(syn) / max(1, len(samples)),
+             "rlp/spg_pairs_per_human_pair": len(syn) / max(1, n_human)}  # |D_hat| / |D|
+    sizes = [len(cluster_by_key([key(r["prompt"], y) for y in r["responses"]])[0]) for r in samples if r["responses"]]
+    stats.update({f"rlp/spg_largest_cluster/{c}": sizes.count(c) for c in range(1, max(sizes, default=0) + 1)})  # prompts by size
+    if syn:  # accepted prompts whose largest cluster is the key of an empty answer: word salad clusters together there
+        stats["rlp/spg_empty_key_share"] = sum(key(r["prompt"], r["chosen"]) == key(r["prompt"], "") for r in syn) / len(syn)
     if task is not None:
         g = [(task.gold(r["prompt"], r["chosen"]), task.gold(r["prompt"], r["rejected"])) for r in syn]
         decided = [a > b for a, b in g if a > b or a < b]  # ties and NaN (a prompt outside the task) left out
         stats["rlp/spg_gold_accuracy"] = sum(decided) / len(decided) if decided else float("nan")
+        gaps = [a - b for a, b in g if not (math.isnan(a) or math.isnan(b))]
+        stats["rlp/spg_gold_gap"] = sum(gaps) / len(gaps) if gaps else float("nan")  # mean gold(chosen) - gold(rejected)
     print(f"RLP-SPG: {len(syn)} synthetic pairs from {len(samples)} prompts"
           + (f", {stats['rlp/spg_gold_accuracy']:.3f} of them ordered as gold orders them{few_caveat(len(decided))}"
              if task and syn else ""))
@@ -282,11 +291,22 @@ def synthetic_pairs(args, samples: list[dict], task) -> tuple[list[dict], dict]:
     return syn, stats
 
 
+def uml_rows(samples: list[dict]) -> list[dict]:
+    """RLP-UML's rows: the first row of each distinct prompt that has two different samples at least (two rows of one
+    prompt in a batch would make its own views a negative pair)."""
+    rows = {}
+    for r in samples:
+        if len(set(r["responses"])) >= 2:
+            rows.setdefault(r["prompt"], r)
+    return list(rows.values())
+
+
 def uml_views(uml: list[dict], U: int, g: torch.Generator) -> tuple[list[str], list[str], list[str]]:
-    """RLP-UML: U prompts drawn with replacement, each with two different samples of the policy (the two views)
-    -> (prompts, view 1, view 2)."""
+    """RLP-UML: U distinct prompts (all of them when there are fewer), each with two different samples of the policy
+    (the two views) -> (prompts, view 1, view 2). Distinct, because the MIB loss counts the views of two different
+    rows as a negative pair: a prompt drawn twice would be pushed away from itself (uml holds one row per prompt)."""
     prompts, v1, v2 = [], [], []
-    for i in torch.randint(len(uml), (U,), generator=g, device=g.device).tolist():
+    for i in torch.randperm(len(uml), generator=g, device=g.device)[:U].tolist():
         ys = list(dict.fromkeys(uml[i]["responses"]))
         a, b = torch.randperm(len(ys), generator=g, device=g.device)[:2].tolist()
         prompts.append(uml[i]["prompt"])

@@ -248,6 +248,9 @@ def format_diagnostics(d: dict) -> str:
                   f"  accuracy vs gold     RM {f('gold_accuracy')}   length rule {f('length_rule_gold_accuracy')}"
                   f"   labels themselves {f('label_gold_accuracy')}",
                   f"  calibration (ECE vs gold) {f('ece')}   corr(reward, length) {f('length_corr')}"]
+        if prefix + "gold_accuracy_noisy" in d:
+            lines.append(f"  accuracy vs gold on the noisy annotator's prompt families {f('gold_accuracy_noisy')}, "
+                         f"on the others {f('gold_accuracy_clean')}")
         comps = sorted(k for k in d if k.startswith(prefix + "component/") and not k.endswith("/n"))
         if comps:
             lines.append("  gold accuracy on pairs differing in one component only: " +

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from pathlib import Path
 
 import torch
@@ -52,6 +53,22 @@ def aggregate_baselines(baseline_rewards, how: str = "mean"):
     return baseline_rewards.amax(1) if how == "max" else baseline_rewards.amin(1)
 
 
+def baseline_variance(baseline_rewards) -> tuple[float, float]:
+    """How much of the offline baselines' spread is the prompt and how much is sampling noise.
+
+    For P prompts with k baseline rewards each, b (P, k): m_p = mean_j b_pj, s2_p = sum_j (b_pj - m_p)^2 / (k - 1);
+        between = var_p(m_p) (unbiased, over prompts)     what the baseline removes: each prompt's own level
+        within_over_k = mean_p(s2_p) / k                   the variance of a k-sample mean from sampling alone
+    between well above within_over_k: the baseline carries a per-prompt signal; about equal: it is mostly noise.
+    (Shen et al. 2024's baseline is the mean of k offline samples' rewards.)  b (P, k), P >= 2, k >= 2 -> (between,
+    within_over_k)
+    """
+    b = torch.as_tensor(baseline_rewards, dtype=torch.float64)
+    if b.dim() != 2 or b.shape[0] < 2 or b.shape[1] < 2:
+        raise ValueError(f"baseline_variance needs (P, k) rewards with P >= 2 prompts and k >= 2 samples (got {tuple(b.shape)})")
+    return b.mean(1).var().item(), b.var(1).mean().item() / b.shape[1]
+
+
 def contrastive_reward(reward, baseline_rewards, how: str = "mean"):
     """r_CR(x, y) = r(x, y) - g({r(x, y_j)}_{j=1..k}).
 
@@ -75,7 +92,9 @@ def pair_batch(tok, prompts: list[str], chosen: list[str], rejected: list[str]):
 def score_ids(rm, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, batch_size: int = 64, device=None):
     """RM scores r(x, y) of N (prompt ids, response ids) rows, read at each row's last real token. -> (N,) on the CPU.
     prompt ids end with SEP, response ids with EOS (as the template writes them); the forwards run on `device`
-    (None: the RM's own), `batch_size` rows at a time."""
+    (None: the RM's own), `batch_size` rows at a time. Always in fp32, autocast off: under --dtype bf16 the PPO
+    rollouts, the contrastive baselines (sample_baselines.py) and every evaluation are then scored alike, whatever
+    the --dtype of the script that scores them."""
     device = next(rm.parameters()).device if device is None else device
     was_training = rm.training
     rm.eval()
@@ -86,7 +105,8 @@ def score_ids(rm, prompt_ids: list[list[int]], response_ids: list[list[int]], pa
             raise ValueError(f"prompt + response {s + i} is {len(p[i]) + len(r[i])} tokens, longer than the reward "
                              f"model's context ({rm.config.block_size})")
         ids, mask, _ = join_prompt_response(p, r, pad_id)
-        out.append(rm.score(ids.to(device), mask.to(device)).float().cpu())
+        with torch.autocast(torch.device(device).type, enabled=False):
+            out.append(rm.score(ids.to(device), mask.to(device)).float().cpu())
     rm.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -179,6 +199,10 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     rm/label_gold_accuracy  how often the annotator's label itself agrees with gold (the label noise)
     rm/ece                 expected calibration error of sigmoid(r_chosen - r_rejected) against gold
     rm/component/<name>    gold accuracy on pairs that differ in that gold component only
+    rm/family_gold_accuracy_std  the spread of the RM's error from prompt to prompt: std over prompt families
+                           (task.family; those with 10 decided pairs or more) of each family's gold accuracy
+    rm/gold_accuracy_noisy, rm/gold_accuracy_clean  (with prompt-dependent annotator noise, noisy_share > 0) gold
+                           accuracy on the noisy families' pairs and on the others'
     """
     sc, sr = torch.as_tensor(s_chosen, dtype=torch.float64), torch.as_tensor(s_rejected, dtype=torch.float64)
     lc = [len(t.split()) for t in chosen]
@@ -212,6 +236,15 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     for name, idx in sorted(comps.items()):
         out[f"rm/component/{name}"] = gold_order(sc.tolist(), sr.tolist(), idx)
         out[f"rm/component/{name}/n"] = len(idx)
+    fams = {}
+    for i in decided:
+        fams.setdefault(task.family(prompts[i]), []).append(i)
+    accs = [gold_order(sc.tolist(), sr.tolist(), idx) for idx in fams.values() if len(idx) >= 10]
+    if len(accs) >= 2:
+        out["rm/family_gold_accuracy_std"] = statistics.stdev(accs)
+    if task.annotator["noisy_share"]:
+        for name, want in (("noisy", True), ("clean", False)):
+            out[f"rm/gold_accuracy_{name}"] = gold_order(sc.tolist(), sr.tolist(), [i for i in decided if task.noisy(prompts[i]) == want])
     return out
 
 

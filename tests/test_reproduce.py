@@ -157,3 +157,8 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     assert [c[0] for c in cmds].count("train_sft.py") == 1 and [c[0] for c in cmds].count("train_rm.py") == 4  # RM, RLP-UML's RM; twice
     samples = next(c for c in cmds if "prompts_unlabelled.jsonl" in " ".join(c))
     assert samples[samples.index("--policy") + 1] == str(tmp_path / "c6" / "s0" / "ppo" / "ckpt")
+    assert all("--normalize" in c for c in cmds if c[0] == "train_rm.py")  # every RM of the pipeline, the RLP ones included
+    args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "raw"), "--methods", "rlp_spg", "--no-normalize"])
+    cmds.clear()
+    reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["rlp_spg"], [])
+    assert [c[0] for c in cmds].count("train_rm.py") == 2 and not any("--normalize" in c for c in cmds)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf.metrics import bootstrap_ci, expected_calibration_error, pair_accuracy, pearson, win_outcomes
-from rlhf.reward import aggregate_baselines, bradley_terry_loss, contrastive_reward, rm_diagnostics
+from rlhf.reward import aggregate_baselines, baseline_variance, bradley_terry_loss, contrastive_reward, rm_diagnostics
 
 
 def test_bt_loss_equal_rewards_is_ln2():
@@ -89,6 +89,27 @@ def test_score_texts_batched_equals_one_by_one():
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
+def test_rm_scores_are_fp32_under_bf16_autocast():
+    """Rollouts (scored inside PPO's autocast) and baselines (scored by sample_baselines.py, perhaps at another
+    --dtype) must be scored alike: score_ids turns autocast off, so the scores equal the fp32 ones exactly."""
+    from rlhf.model import GPTConfig, ScalarModel
+    from rlhf.precision import autocast
+    from rlhf.reward import score_texts
+    from rlhf.tokenizer import Tokenizer
+    texts = ["a b c d e f g .", "a .", "b c d .", "reverse : a b c ."]
+    tok = Tokenizer.train(texts * 10, vocab_size=300)
+    torch.manual_seed(0)
+    rm = ScalarModel(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=64))
+    prompts, responses = ["reverse : a b c ."] * 2, ["c b a .", "a b c d e f g ."]
+    fp32 = score_texts(rm, tok, prompts, responses)
+    with autocast("bf16", "cpu"):
+        under_bf16 = score_texts(rm, tok, prompts, responses)
+        ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.bool)
+        raw = rm.score(ids, mask)  # autocast is really on around it: the forward itself rounds to bf16
+    assert not torch.equal(raw, rm.score(ids, mask))
+    assert torch.equal(under_bf16, fp32)
+
+
 def test_score_rollout_reads_the_sampled_ids_even_when_they_are_not_utf8():
     """The RM's input rows are the sampled ids themselves (prompt, SEP, response up to EOS; EOS added to a response
     cut at max_new_tokens), never a re-encoding of the decoded text: a lone UTF-8 lead byte decodes to U+FFFD,
@@ -126,3 +147,10 @@ def test_weak_rm_warning():
     # beats chance but not the length rule by the margin: it learned length
     assert "'longer wins' 66.0%" in weak_rm_warning({"rm/gold_accuracy": 0.67, "rm/length_rule_gold_accuracy": 0.66})
     assert weak_rm_warning({}) is None and weak_rm_warning({"rm/gold_accuracy": float("nan")}) is None
+
+
+def test_baseline_variance_by_hand():
+    # prompt means 2 and 6: between = ((2-4)^2 + (6-4)^2) / 1 = 8; within: s2 = 2 for each, / k = 2 -> 1
+    assert baseline_variance([[1.0, 3.0], [5.0, 7.0]]) == pytest.approx((8.0, 1.0))
+    with pytest.raises(ValueError, match="P >= 2 prompts and k >= 2"):
+        baseline_variance([[1.0], [2.0]])

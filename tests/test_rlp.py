@@ -216,3 +216,18 @@ def test_spg_bad_inputs():
         synthetic_preferences([["a", "b", "c"]], torch.zeros(1, 2), 0.5, G())  # n: 3 vs 2
     with pytest.raises(ValueError, match="keys must be P lists of n keys"):
         synthetic_preferences([["a", "b"]], torch.zeros(2), 0.5, G())  # rewards not (P, n)
+
+
+def test_uml_batches_draw_distinct_prompts():
+    """A prompt drawn twice into one MIB batch would count its own views as a negative pair: each batch draws
+    distinct prompts (all of them when there are fewer than the batch), each with two different samples."""
+    import train_rm
+    uml = [{"prompt": f"p{i}", "responses": [f"a{i}", f"a{i}", f"b{i}"]} for i in range(5)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        prompts, v1, v2 = train_rm.uml_views(uml, 4, g)
+        assert len(prompts) == 4 and len(set(prompts)) == 4
+        assert all(a != b and {a[1:], b[1:]} == {p[1:]} for p, a, b in zip(prompts, v1, v2))
+    assert sorted(train_rm.uml_views(uml, 8, g)[0]) == [f"p{i}" for i in range(5)]
+    rows = train_rm.uml_rows(uml + [{"prompt": "p0", "responses": ["c", "d"]}, {"prompt": "q", "responses": ["e", "e"]}])
+    assert rows == uml  # a second row of p0 and a prompt with one distinct sample are left out

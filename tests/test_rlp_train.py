@@ -45,6 +45,12 @@ def test_spg_threshold_and_select_all_ablation(algo, policy_samples):
     # gamma 0 accepts every prompt with two clusters; gamma 0.5 only the confident ones: never more
     assert every["rlp/spg_pairs"] >= half["rlp/spg_pairs"] and every["rlp/spg_pairs"] > 0
     assert 0 <= every["rlp/spg_acceptance"] <= 1 and "rlp/spg_gold_accuracy" in every
+    # the histogram of largest-cluster sizes counts every prompt the pairs came from; |D_hat| / |D|; the gold gap
+    hist = {int(k.rsplit("/", 1)[1]): v for k, v in every.items() if k.startswith("rlp/spg_largest_cluster/")}
+    n_rows = len([line for line in (d / "samples.jsonl").open()])
+    assert sum(hist.values()) == n_rows - max(1, n_rows // 10)  # the held-out tenth is not clustered
+    assert every["rlp/spg_pairs_per_human_pair"] == pytest.approx(every["rlp/spg_pairs"] / (every["rm/train_pairs"] - every["rlp/spg_pairs"]))
+    assert 0 <= every["rlp/spg_empty_key_share"] <= 1 and -1 <= every["rlp/spg_gold_gap"] <= 1
 
 
 def test_rlp_flag_errors(algo, policy_samples):

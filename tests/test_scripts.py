@@ -192,3 +192,18 @@ def test_rm_scored_on_pairs_without_training(algo, tmp_path):
     own = json.loads((algo / "rm" / "diagnostics.json").read_text())
     scored = json.loads((tmp_path / "b" / "diagnostics.json").read_text())
     assert scored["rm/steps"] == 0 and all(scored[k] == own[k] for k in ("rm/accuracy", "rm/gold_accuracy", "rm/ece", "rm/n_pairs"))
+
+
+def test_prepare_data_noisy_families_and_unlabelled_ratio(tmp_path):
+    out = tmp_path / "d"
+    run("prepare_data.py", "--task", "algo", "--out", str(out), "--n-sft", "10", "--n-pairs", "200", "--n-rl", "5", "--n-eval", "5",
+        "--unlabelled-ratio", "2", "--noisy-share", "0.5", "--noisy-flip-rate", "0.9")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["sizes"]["unlabelled"] == 400  # |U| = 2 |D|, RLP's ratio
+    assert len(meta["noisy_families"]) == 2 and meta["annotator"]["noisy_flip_rate"] == 0.9
+    pairs = meta["pairs"]
+    assert pairs["noisy_pairs"] + pairs["clean_pairs"] == pairs["pairs"]
+    assert pairs["noisy_label_gold_agreement"] < 0.5 < pairs["clean_label_gold_agreement"]  # mostly inverted there
+    for flag, value in (("--noisy-share", "1.5"), ("--noisy-flip-rate", "-0.1"), ("--unlabelled-ratio", "0")):
+        p = run("prepare_data.py", "--task", "algo", "--out", str(tmp_path / "bad"), flag, value, check=False)
+        assert p.returncode == 2 and flag in p.stderr and not (tmp_path / "bad").exists()

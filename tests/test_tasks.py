@@ -301,3 +301,45 @@ def test_algo_key(algo):
     assert algo.key(p, "b d a c .") == algo.key(p, " b  d a c  . ") == algo.key(p, "b d a c") == "b d a c"
     assert algo.key(p, "b d c a .") != algo.key(p, "b d a c .")
     assert algo.key(p, "") == ""
+
+
+def test_noisy_families_are_an_exact_stable_nested_share():
+    from rlhf.tasks import noisy_families
+    from rlhf.tasks.story import OBJECTS
+    quarter, half = noisy_families(OBJECTS, 0.25), noisy_families(OBJECTS, 0.5)
+    assert len(quarter) == 6 and len(half) == 12 and quarter < half  # round(0.25 * 24); a larger share keeps the smaller's
+    assert noisy_families(OBJECTS, 0.0) == frozenset() and noisy_families(OBJECTS, 1.0) == frozenset(OBJECTS)
+    for seed in (0, 7):  # the same families for every seed: paired comparisons across seeds see one world
+        t = get_task("story", seed=seed, noisy_share=0.25)
+        assert {o for o in OBJECTS if t.noisy(f"write a happy story about mia and a red {o} .")} == quarter
+    assert not get_task("story").noisy("write a happy story about mia and a red kite .")  # off by default
+
+
+def test_noisy_family_labels_flip_at_their_own_rate():
+    """Hand example: an annotator with a tiny tau always prefers the better story before flips; with flip_rate 0 and
+    noisy_flip_rate 1 it is always right on clean families and always wrong on noisy ones."""
+    import random
+    t = get_task("story", tau=1e-3, flip_rate=0.0, length_bias=0.0, noisy_share=0.5, noisy_flip_rate=1.0)
+    rng = random.Random(0)
+    for o in ("kite", "ball", "boat", "hat", "box", "cup"):
+        p = f"write a happy story about mia and a red {o} ."
+        good, bad = t.reference(p), "mia ."
+        assert t.gold(p, good) > t.gold(p, bad)
+        assert t.annotate(p, good, bad, rng) == (1 if t.noisy(p) else 0)
+    assert get_task("story", noisy_share=0.5).annotator_settings()["noisy_flip_rate"] == 0.45
+    assert "noisy_share" not in get_task("story").annotator_settings()  # a default meta.json reads as before
+    with pytest.raises(ValueError, match="noisy_flip_rate must be in"):
+        get_task("story", noisy_flip_rate=1.5)
+
+
+def test_rm_diagnostics_split_noisy_and_clean_families():
+    """Per-family gold accuracy: an RM right on every clean pair and wrong on every noisy one."""
+    from rlhf.reward import rm_diagnostics
+    t = get_task("story", noisy_share=0.25)
+    prompts = [f"write a happy story about mia and a red {o} ." for o in ("kite", "ball") for _ in range(10)]
+    noisy = [t.noisy(p) for p in prompts]
+    assert noisy[0] != noisy[10]  # kite is a noisy family and ball is not (noisy_families of 0.25)
+    good = [t.reference(p) for p in prompts]
+    d = rm_diagnostics(prompts, good, ["mia ."] * 20, [0.0 if n else 1.0 for n in noisy], [1.0 if n else 0.0 for n in noisy], t)
+    assert d["rm/gold_accuracy_noisy"] == 0.0 and d["rm/gold_accuracy_clean"] == 1.0 and d["rm/gold_accuracy"] == 0.5
+    assert d["rm/family_gold_accuracy_std"] == pytest.approx(2 ** -0.5)  # stdev of (0, 1)

@@ -34,6 +34,9 @@ from typing import Callable
 SPLITS = ("sft", "rl", "unlabelled", "eval")
 TASKS = ("algo", "story")
 ANNOTATOR_DEFAULTS = {"tau": 0.1, "flip_rate": 0.1, "length_bias": 0.25}
+# prompt-dependent annotator noise (off by default): a share of the task's prompt families, the same for every seed,
+# whose annotator flips labels at noisy_flip_rate instead of flip_rate (Task.noisy)
+NOISY_DEFAULTS = {"noisy_share": 0.0, "noisy_flip_rate": 0.45}
 
 
 def len_words(text: str) -> int:
@@ -66,10 +69,10 @@ def preference_probability(gold_a: float, gold_b: float, len_a: int, len_b: int,
 
 
 def _check_annotator(settings: dict) -> dict:
-    out = dict(ANNOTATOR_DEFAULTS)
+    out = dict(ANNOTATOR_DEFAULTS) | NOISY_DEFAULTS
     for key, value in settings.items():
-        if key not in ANNOTATOR_DEFAULTS:
-            raise ValueError(f"unknown annotator setting {key!r}; allowed: {', '.join(sorted(ANNOTATOR_DEFAULTS))}")
+        if key not in out:
+            raise ValueError(f"unknown annotator setting {key!r}; allowed: {', '.join(sorted(out))}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"annotator setting {key} must be a finite number, got {value!r}")
         out[key] = float(value)
@@ -77,7 +80,19 @@ def _check_annotator(settings: dict) -> dict:
         raise ValueError(f"tau must be > 0 (the annotator's noise temperature), got {out['tau']!r}")
     if not 0.0 <= out["flip_rate"] <= 0.5:
         raise ValueError(f"flip_rate must be in [0, 0.5] (probability a label is flipped), got {out['flip_rate']!r}")
+    if not 0.0 <= out["noisy_share"] <= 1.0:
+        raise ValueError(f"noisy_share must be in [0, 1] (share of prompt families with a noisy annotator), got {out['noisy_share']!r}")
+    if not 0.0 <= out["noisy_flip_rate"] <= 1.0:
+        raise ValueError(f"noisy_flip_rate must be in [0, 1] (above 0.5 the noisy families' labels are mostly inverted), "
+                         f"got {out['noisy_flip_rate']!r}")
     return out
+
+
+def noisy_families(families: tuple[str, ...], share: float) -> frozenset[str]:
+    """The round(share * len(families)) families with the smallest md5 of "noisy:<family>": exactly that share, the same
+    for every seed and machine, nested (a larger share keeps the smaller share's families)."""
+    order = sorted(families, key=lambda f: hashlib.md5(f"noisy:{f}".encode("utf-8")).digest())
+    return frozenset(order[:round(share * len(families))])
 
 
 class Task:
@@ -156,6 +171,22 @@ class Task:
     def key(self, prompt: str, response: str) -> str:
         raise NotImplementedError
 
+    families: tuple[str, ...] = ()  # the task's prompt families (story: the requested object; algo: the operation)
+
+    def family(self, prompt: str) -> str:
+        """The family a prompt of this task belongs to (one of `families`)."""
+        raise NotImplementedError
+
+    def noisy(self, prompt: str) -> bool:
+        """Whether the annotator is noisy on this prompt: its family is one of the noisy_share of families
+        (noisy_families); always False with noisy_share 0, the default."""
+        return bool(self.annotator["noisy_share"]) and self.noisy_family(self.family(prompt))
+
+    def noisy_family(self, family: str) -> bool:
+        if not hasattr(self, "_noisy"):
+            self._noisy = noisy_families(self.families, self.annotator["noisy_share"])
+        return family in self._noisy
+
     @staticmethod
     def parse_prompt(prompt: str):
         raise NotImplementedError
@@ -181,7 +212,8 @@ class Task:
         """0 if a is preferred, 1 if b. Draws exactly two numbers from rng per call.
 
         P(a > b) = sigmoid((gold(a) - gold(b)) / tau + length_bias * (len_words(a) - len_words(b)) / 10),
-        then the label is flipped with probability flip_rate.
+        then the label is flipped with probability flip_rate, or noisy_flip_rate on a prompt of a noisy family
+        (self.noisy(prompt); with noisy_flip_rate above 0.5 the RM learns those families' preferences inverted).
         """
         if not self.knows(prompt):
             raise ValueError(f"the {self.name} task's annotator cannot label a pair for a prompt outside its grammar: "
@@ -190,13 +222,15 @@ class Task:
         p = preference_probability(self.gold(prompt, a), self.gold(prompt, b), len_words(a), len_words(b),
                                    s["tau"], s["length_bias"])
         a_wins = rng.random() < p
-        if rng.random() < s["flip_rate"]:
+        if rng.random() < (s["noisy_flip_rate"] if self.noisy(prompt) else s["flip_rate"]):
             a_wins = not a_wins
         return 0 if a_wins else 1
 
     def annotator_settings(self) -> dict:
-        """The annotator's settings, for the data's meta.json."""
-        return dict(self.annotator)
+        """The annotator's settings, for the data's meta.json (the noisy-family ones only when noisy_share > 0, so a
+        default data directory's meta.json reads as before)."""
+        keep = ANNOTATOR_DEFAULTS.keys() | (NOISY_DEFAULTS.keys() if self.annotator["noisy_share"] else set())
+        return {k: v for k, v in self.annotator.items() if k in keep}
 
 
 def known_rows(task: Task, prompts: list[str], where: Callable[[int], str]) -> list[int]:

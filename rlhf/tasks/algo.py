@@ -114,6 +114,12 @@ class AlgoTask(Task):
     def _combine(self, c: dict[str, float]) -> float:
         return c["accuracy"] * c["length"] * (0.5 + 0.5 * c["terminated"])
 
+    families = OPS
+
+    def family(self, prompt: str) -> str:
+        """The operation asked for."""
+        return parse_prompt(prompt)[0]
+
     def key(self, prompt: str, response: str) -> str:
         return " ".join(extract_answer(response)[0])
 

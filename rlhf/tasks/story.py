@@ -268,6 +268,12 @@ class StoryTask(Task):
         content = sum(w * c[k] for k, w in CONTENT_WEIGHTS.items())
         return c["terminated"] * c["parse"] * c["distinct"] * c["length"] * (0.1 + 0.9 * content)
 
+    families = OBJECTS
+
+    def family(self, prompt: str) -> str:
+        """The requested object: the prompts about one object share a family (and, with noisy_share, an annotator)."""
+        return parse_prompt(prompt)[3]
+
     def key(self, prompt: str, response: str) -> str:
         """"name=<n> object=<o> colour=<c> mood=<m>" as the parsed sentences express them: the most
         frequent name and object (ties: first seen), the colour before that object, the one mood
