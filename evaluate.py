@@ -35,6 +35,8 @@ class Args(DataArgs, DeviceArgs):
     temperature: float = arg(0.7, "sampling temperature", gt=0.0)
     max_new_tokens: int | None = arg(None, "longest response (default: context minus the longest prompt, at most 96)", ge=1, le=65536)
     best_of_n: int = arg(1, "sample N per prompt and keep the RM's favourite (needs --rm)", ge=1, le=4096)
+    onpolicy_samples: int = arg(2, "the RM's gold accuracy over all C(n, 2) pairs of n policy samples per prompt "
+                                "(rm/onpolicy_gold_accuracy; with --best-of-n: two raw candidates; 0: off)", ge=0, le=64)
     seed: int = arg(0, "sampling seed (the reference uses seed + 1)", ge=0, le=2**32 - 1)
     batch_size: int = arg(64, "prompts per generate / scoring call", ge=1, le=2**20)
     out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
@@ -107,7 +109,7 @@ def main(argv=None):
     with autocast(args.dtype, dev):
         metrics, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=max_new,
                                            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
-                                           best_of_n=args.best_of_n)
+                                           best_of_n=args.best_of_n, rm_pairs=args.onpolicy_samples)
     metrics.update(peak_memory(dev))
 
     # 5. write the samples, then the metrics (each atomically; a metrics file on disk means a finished evaluation)

@@ -217,7 +217,8 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
         for m, flags in (("rlp_uml", ["--uml-weight", args.uml_weight]), ("rlp_spg", ["--spg-gamma", args.spg_gamma])):
             if m in methods:
                 ppo(m, st(f"{tag}rm_{m}", "train_rm.py", *pre, "--data", data, "--sft", sft, "--policy-samples", samples,
-                          *flags, *rm_flags, "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt")
+                          *flags, *rm_flags, "--out", d / f"rm_{m}", out=d / f"rm_{m}") / "ckpt",
+                    "--first-rm", rm)  # the first RM's on-policy accuracy along the curve, beside the retrained one's
     if "oracle" in methods:
         ppo("oracle", rm, "--reward", "gold")
     records = []

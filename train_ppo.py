@@ -78,6 +78,10 @@ class Args(DataArgs, TrainArgs):
     grad_clip: float = arg(1.0, "clip each model's gradient norm (0: off)", ge=0.0)
     eval_every: int = arg(10, "held-out evaluation every N iterations", ge=1)
     n_eval: int = arg(100, "held-out prompts per evaluation", ge=1, le=10**7)
+    onpolicy_samples: int = arg(4, "each evaluation also scores the RM's gold accuracy on all C(n, 2) pairs of n policy samples "
+                                "per held-out prompt (rm/onpolicy_gold_accuracy; 0: off)", ge=0, le=64)
+    first_rm: str | None = arg(None, "another RM scored on the same on-policy pairs (rm_first/onpolicy_gold_accuracy): an RLP "
+                               "run's first RM", reads=True)
     sample_every: int = arg(10, "print one rollout every N iterations", ge=1)
     ckpt_every: int = arg(20, "save a resumable checkpoint every N iterations", ge=1)
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
@@ -88,6 +92,8 @@ class Args(DataArgs, TrainArgs):
         if self.advantage != "gae" and self.group_size < 2:
             raise ValueError(f"--advantage {self.advantage} needs --group-size 2 or more (got {self.group_size}): its baseline is "
                              "the other samples of the same prompt")
+        if self.onpolicy_samples == 1:
+            raise ValueError("--onpolicy-samples 1 makes no pair: use 0 (off) or 2 or more")
         if self.batch_size % self.group_size:
             raise ValueError(f"--group-size {self.group_size} must divide --batch-size {self.batch_size}")
         if self.advantage != "gae" and self.whiten_rewards:
@@ -155,9 +161,14 @@ def main(argv=None):
 
     # models: policy and frozen reference from SFT, frozen RM, the value function and the optimisers
     policy, ref, rm, tok = load_models(args, value_init, data, rl_prompts, eval_prompts)
+    first_rm = None
+    if args.first_rm is not None:  # scored beside the RM on the evaluations' on-policy pairs, never trained against
+        first_rm, first_tok, _ = load_model(args.first_rm, "rm")
+        check_same_tokenizer({"policy": tok, "--first-rm": first_tok})
+        first_rm.eval().requires_grad_(False)
     longest = max(len(q) for q in tok.encode_prompts(rl_prompts)) + args.max_new_tokens  # a rollout's longest row
     check_memory(policy.config.training_bytes(args.batch_size // args.minibatches, longest), dev, "--batch-size / --minibatches")
-    for m in (policy, ref, rm):
+    for m in (policy, ref, rm, first_rm):
         if m is not None:
             m.to(dev)
     policy.grad_checkpoint = args.grad_checkpoint
@@ -198,7 +209,8 @@ def main(argv=None):
         """Held-out gold / proxy / KL; the reference is sampled once and its texts reused afterwards."""
         with autocast(args.dtype, dev):  # as evaluate.py samples
             m, samples = evaluate_policy(policy, tok, eval_prompts, task=task, ref=ref, rm=rm, max_new_tokens=args.max_new_tokens,
-                                         seed=args.seed, ref_texts=ref_texts, rm_pairs=False)
+                                         seed=args.seed, ref_texts=ref_texts, rm_pairs=args.onpolicy_samples,
+                                         other_rms={"rm_first": first_rm} if first_rm is not None else None)
         return m, [s.get("ref_response") for s in samples] if ref_texts is None else ref_texts
 
     metrics = MetricsWriter(out / "metrics.jsonl", resume_step=start if resuming else None,

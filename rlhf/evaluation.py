@@ -98,7 +98,7 @@ def rm_pair_accuracy(rm_a, rm_b, gold_a, gold_b) -> tuple[float, int]:
 
 def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=None, max_new_tokens: int,
                     temperature: float = 0.7, seed: int = 0, batch_size: int = 64, best_of_n: int = 1,
-                    ref_texts: list[str] | None = None, rm_pairs: bool = True) -> tuple[dict, list[dict]]:
+                    ref_texts: list[str] | None = None, rm_pairs: int = 2, other_rms: dict | None = None) -> tuple[dict, list[dict]]:
     """One sample per prompt (or the RM's pick of best_of_n), scored as the README's metric glossary lists.
 
     Returns (metrics, samples). Metric keys (each only when its inputs are given):
@@ -110,12 +110,15 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
       gold/score     mean gold score (task)
       gold/win_rate, gold/win_rate_lo, gold/win_rate_hi   against the reference's samples on the same
                      prompts: win 1, tie 0.5, loss 0, 95% bootstrap over prompts (task and ref or ref_texts)
-      rm/onpolicy_gold_accuracy, rm/onpolicy_pairs   (rm, task, rm_pairs) the RM's gold-ordering accuracy on
-                     two policy samples per prompt; with best_of_n > 1 the pair is two of the n raw
-                     candidates (the RM's own pick would be scored in its favour)
+      rm/onpolicy_gold_accuracy, rm/onpolicy_pairs   (rm, task, rm_pairs >= 2) the RM's gold-ordering accuracy
+                     over all C(n, 2) pairs of n = rm_pairs policy samples per prompt (the evaluated sample and
+                     n - 1 more); with best_of_n > 1 the pair is two of the n raw candidates (the RM's own pick
+                     would be scored in its favour)
+      <name>/onpolicy_gold_accuracy, <name>/onpolicy_pairs   the same pairs scored by each RM of other_rms
+                     {name: rm} (train_ppo.py --first-rm: rm_first, an RLP run's first RM beside the one it optimises)
     samples: [{"prompt", "response", "gold"?, "proxy"?, "kl"?, "ref_response"?, "ref_gold"?}]; the reference
     texts come back in "ref_response", so a caller that evaluates repeatedly samples the reference once.
-    Generators: policy seed, reference seed + 1, the second policy sample seed + 2.
+    Generators: policy seed, reference seed + 1, the further policy samples seed + 2.
     """
     P = len(prompts)
     if P == 0:
@@ -137,14 +140,13 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
     with _eval_mode(policy, ref, rm):
         # 1. sample the policy: n candidates per prompt, prompt-major (p0 x n, p1 x n, ...)
         roll = sample(policy, tok, [p for p in prompts for _ in range(n)], generator=gen(seed), desc="eval: policy samples", **kw)
-        proxy = pair = None
+        proxy = group = None  # group: (P lists of the texts, {RM name: P lists of their scores}) for the on-policy pairs
         if n > 1:
             cand = torch.tensor(score(roll)).view(P, n)  # (P, n)
             pick = (torch.arange(P) * n + cand.argmax(1)).tolist()  # first maximum on ties
             proxy = cand.amax(1).tolist()
-            if task is not None and rm_pairs:  # two raw candidates per prompt
-                pair = ([roll.texts[i * n] for i in range(P)], [roll.texts[i * n + 1] for i in range(P)],
-                        cand[:, 0].tolist(), cand[:, 1].tolist())
+            if task is not None and rm_pairs >= 2:  # two raw candidates per prompt
+                group = ([[roll.texts[i * n], roll.texts[i * n + 1]] for i in range(P)], {"rm": cand[:, :2].tolist()})
             roll = _rows(roll, pick)  # (P, ...) the RM's pick per prompt
         texts = roll.texts
         metrics["eval/length"] = roll.response_mask.sum(1).float().mean().item()
@@ -163,12 +165,18 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
         if ref_texts is None and ref is not None:
             ref_texts = sample(ref, tok, prompts, generator=gen(seed + 1), desc="eval: reference samples", **kw).texts
 
-        # 4. proxy: RM scores of the samples, and of a second policy sample for the on-policy RM accuracy
+        # 4. proxy: RM scores of the samples, and of rm_pairs - 1 more policy samples for the on-policy RM accuracy
         if rm is not None and n == 1:
             proxy = score(roll)
-            if task is not None and rm_pairs:
-                second = sample(policy, tok, prompts, generator=gen(seed + 2), desc="eval: second policy samples", **kw)
-                pair = (texts, second.texts, proxy, score(second))
+            if task is not None and rm_pairs >= 2:
+                m = rm_pairs - 1
+                more = sample(policy, tok, [p for p in prompts for _ in range(m)], generator=gen(seed + 2),
+                              desc="eval: further policy samples", **kw)
+                rms = {"rm": (rm, proxy)} | {name: (r, score_rollout(r, tok, roll, batch_size=batch_size).tolist())
+                                             for name, r in (other_rms or {}).items()}
+                scored = {name: (first, score_rollout(r, tok, more, batch_size=batch_size).tolist()) for name, (r, first) in rms.items()}
+                group = ([[texts[i]] + more.texts[i * m:(i + 1) * m] for i in range(P)],
+                         {name: [[first[i]] + rest[i * m:(i + 1) * m] for i in range(P)] for name, (first, rest) in scored.items()})
         if proxy is not None:
             metrics["proxy/score"] = _mean(proxy)
 
@@ -186,11 +194,14 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
             wins = win_outcomes([gold[i] for i in known], [ref_gold[i] for i in known])  # (known,) 1 / 0.5 / 0
             lo, hi = bootstrap_ci(wins, seed=seed) if known else (float("nan"), float("nan"))
             metrics.update({"gold/win_rate": _mean(wins.tolist()), "gold/win_rate_lo": lo, "gold/win_rate_hi": hi})
-        if pair is not None:
-            a, b, ra, rb = pair
-            acc, used = rm_pair_accuracy(ra, rb, [task.gold(p, t) for p, t in zip(prompts, a)],
-                                         [task.gold(p, t) for p, t in zip(prompts, b)])
-            metrics.update({"rm/onpolicy_gold_accuracy": acc, "rm/onpolicy_pairs": used})
+        if group is not None:  # every pair (j < l) of each prompt's samples
+            texts_of, scores_of = group
+            golds = [[task.gold(p, t) for t in ts] for p, ts in zip(prompts, texts_of)]
+            idx = [(i, j, l) for i, ts in enumerate(texts_of) for j in range(len(ts)) for l in range(j + 1, len(ts))]
+            ga, gb = [golds[i][j] for i, j, _ in idx], [golds[i][l] for i, _, l in idx]
+            for name, sc in scores_of.items():
+                acc, used = rm_pair_accuracy([sc[i][j] for i, j, _ in idx], [sc[i][l] for i, _, l in idx], ga, gb)
+                metrics.update({f"{name}/onpolicy_gold_accuracy": acc, f"{name}/onpolicy_pairs": used})
 
     samples = []
     for i, (p, t) in enumerate(zip(prompts, texts)):

@@ -77,6 +77,13 @@ def test_evaluate_policy_against_itself(models):
     assert m2["gold/win_rate"] == m["gold/win_rate"] and "objective/kl" not in m2
     assert "rm/onpolicy_gold_accuracy" not in m2
 
+    # n = 4 samples per prompt: all C(4, 2) = 6 pairs of each prompt (those gold decides); another RM on the same pairs
+    m4, _ = evaluate_policy(policy, tok, prompts, task=task, rm=rm, max_new_tokens=24, ref_texts=ref_texts, rm_pairs=4,
+                            other_rms={"rm_first": rm})
+    assert m["rm/onpolicy_pairs"] < m4["rm/onpolicy_pairs"] <= 6 * len(prompts)
+    assert m4["rm_first/onpolicy_gold_accuracy"] == m4["rm/onpolicy_gold_accuracy"]  # the same RM: the same figure
+    assert m4["rm_first/onpolicy_pairs"] == m4["rm/onpolicy_pairs"] and m4["gold/score"] == m2["gold/score"]
+
     # without a task: no gold keys at all
     m3, s3 = evaluate_policy(policy, tok, prompts[:8], rm=rm, max_new_tokens=24)
     assert not any(k.startswith("gold/") or k.startswith("rm/") for k in m3) and "proxy/score" in m3

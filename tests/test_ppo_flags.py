@@ -145,3 +145,16 @@ def test_alpacafarm_preset(algo, tmp_path):
     assert all(r["objective/kl_coef"] == 0.0067 for r in its)
     assert [r["step"] for r in rows if "proxy/score" in r] == [0, 3]
     assert (out / "ckpt" / "model.safetensors").exists()
+
+
+def test_onpolicy_pairs_along_the_curve_and_first_rm(algo, tmp_path):
+    """Each evaluation scores the RM on all C(n, 2) pairs of n samples per held-out prompt, and --first-rm a second RM
+    on the same pairs (here the same RM again: the same accuracy)."""
+    rm = str(algo / "rm" / "ckpt")
+    its = ppo(algo, tmp_path / "p", "--reward", "rm", "--rm", rm, "--first-rm", rm, "--onpolicy-samples", "3")
+    ev = its[-1]
+    assert 0 < ev["rm/onpolicy_pairs"] <= 3 * 4 and ev["rm_first/onpolicy_pairs"] == ev["rm/onpolicy_pairs"]
+    assert ev["rm_first/onpolicy_gold_accuracy"] == ev["rm/onpolicy_gold_accuracy"]
+    p = run("train_ppo.py", "--preset", "smoke", "--data", str(algo / "data"), "--sft", str(algo / "sft" / "ckpt"), "--rm", rm,
+            "--onpolicy-samples", "1", "--out", str(tmp_path / "bad"), check=False)
+    assert p.returncode == 2 and "--onpolicy-samples 1" in p.stderr
