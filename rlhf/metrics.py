@@ -4,6 +4,9 @@ Shapes: N items (prompts or pairs).
 """
 from __future__ import annotations
 
+import math
+import statistics
+
 import torch
 
 
@@ -66,3 +69,35 @@ def pearson(x, y) -> float:
     x, y = x - x.mean(), y - y.mean()
     denom = (x.square().sum() * y.square().sum()).sqrt()
     return 0.0 if denom == 0 else (x * y).sum().div(denom).item()
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The q-quantile (0.5 < q < 1) of Student's t with df degrees of freedom, by bisection on its CDF:
+        CDF(t) = 1/2 + integral_0^t c (1 + x^2 / df)^(-(df + 1) / 2) dx,  c = Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2))
+    integrated with Simpson's rule (t_quantile(0.975, 2) = 4.303, as tables give)."""
+    if not 0.5 < q < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < q < 1 and df >= 1 (got q={q}, df={df})")
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    f = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+
+    def cdf(t, n=2000):
+        h = t / n
+        return 0.5 + h / 3 * (f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n)))
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < q:
+        hi *= 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_t_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
+    """Mean and its (1 - alpha) Student t-interval over N >= 2 values (seeds; for a paired comparison, the per-seed
+    differences):  mean +- t_{1 - alpha/2, N - 1} * sd / sqrt(N), sd with N - 1.  values (N,) -> (mean, lo, hi)"""
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        raise ValueError(f"a t-interval needs at least 2 values (got {len(v)})")
+    m = sum(v) / len(v)
+    half = t_quantile(1 - alpha / 2, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
+    return m, m - half, m + half

@@ -154,3 +154,14 @@ def test_baseline_variance_by_hand():
     assert baseline_variance([[1.0, 3.0], [5.0, 7.0]]) == pytest.approx((8.0, 1.0))
     with pytest.raises(ValueError, match="P >= 2 prompts and k >= 2"):
         baseline_variance([[1.0], [2.0]])
+
+
+def test_t_quantile_and_interval_by_hand():
+    from rlhf.metrics import mean_t_interval, t_quantile
+    for df, table in ((1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042)):  # two-sided 95% values of a t table
+        assert t_quantile(0.975, df) == pytest.approx(table, abs=1e-3)
+    # 1, 2, 3: mean 2, sd 1, se 1 / sqrt(3); half width 4.3027 * 0.57735 = 2.4841
+    m, lo, hi = mean_t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo == pytest.approx(2 - 2.4841, abs=1e-3) and hi == pytest.approx(2 + 2.4841, abs=1e-3)
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_t_interval([1.0])
