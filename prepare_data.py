@@ -37,6 +37,8 @@ class Args:
     tau: float | None = arg(None, "annotator noise temperature (task default when unset)", gt=0.0)
     flip_rate: float | None = arg(None, "annotator label-flip rate in [0, 0.5] (task default when unset)", ge=0.0, le=0.5)
     length_bias: float | None = arg(None, "annotator preference for length, logits per 10 words (task default when unset)")
+    attributes: str = arg("4", "story: the attributes each prompt requests: all 4 (name, mood, coloured object), or 1 to 4, a "
+                          "quarter each where the pools allow (varied difficulty)", choices=["4", "1-4"])
     noisy_share: float = arg(0.0, "prompt-dependent annotator noise: the share of prompt families (story: the requested object; "
                              "algo: the operation), the same for every seed, whose annotator flips labels at --noisy-flip-rate "
                              "(0: off)", ge=0.0, le=1.0)
@@ -94,7 +96,9 @@ def main(argv=None):
     if args.noisy_share:
         annotator |= {"noisy_share": args.noisy_share, "noisy_flip_rate": args.noisy_flip_rate}
     n_unlabelled = args.n_unlabelled if args.unlabelled_ratio is None else max(1, round(args.unlabelled_ratio * args.n_pairs))
-    task = tasks.get_task(args.task, seed=args.seed, **annotator)
+    if args.attributes != "4" and args.task != "story":
+        sys.exit(f"error: --attributes {args.attributes}: only the story task has prompts of varied attributes (use --task story)")
+    task = tasks.get_task(args.task, seed=args.seed, attributes=args.attributes, **annotator)
     rng = random.Random(args.seed)
 
     sft_prompts = task.prompts("sft", args.n_sft + args.n_pairs)
@@ -112,7 +116,8 @@ def main(argv=None):
     eval_prompts = splits["eval"]
     demo_gold = sum(task.gold(p, task.demonstration(p, random.Random(i))) for i, p in enumerate(eval_prompts)) / len(eval_prompts)
     ref_gold = sum(task.gold(p, task.reference(p)) for p in eval_prompts) / len(eval_prompts)
-    meta = {"task": args.task, "seed": args.seed, "annotator": task.annotator_settings(),
+    meta = {"task": args.task, "seed": args.seed, **({"world": task.world_settings()} if task.world_settings() else {}),
+            "annotator": task.annotator_settings(),
             "sizes": {"sft": len(demos), "preferences": len(pairs), **{k: len(v) for k, v in splits.items()}},
             "pairs": pair_stats, **({"noisy_families": sorted(f for f in task.families if task.noisy_family(f))} if args.noisy_share else {}),
             "eval_gold": {"demonstration": demo_gold, "reference": ref_gold},

@@ -75,6 +75,9 @@ class Args:
     normalize: bool = arg(True, "train every RM (the first, the RLP ones, the noise sweep's) with --normalize: its rewards "
                           "have mean 0 and std 1 on held-out pairs, so --kl-coef is the same trade-off for every RM "
                           "(--no-normalize: raw scores, as before)")
+    pairs_from: str = arg("file", "every RM's preference data D: the demonstration pairs of prepare_data.py, or pairs of two SFT "
+                          "samples on the same prompts (train_rm.py --pairs-from sft, as RLP's paper builds D; DPO keeps the file's)",
+                          choices=["file", "sft"])
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
     threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
@@ -181,7 +184,7 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
     cfg = SETTINGS[args.preset]
     steps = args.ppo_steps or cfg["ppo_steps"]
     pre = ["--preset", args.preset, "--seed", seed]
-    rm_flags = [*cfg["rm"], *(["--normalize"] if args.normalize else [])]
+    rm_flags = [*cfg["rm"], *(["--normalize"] if args.normalize else []), *(["--pairs-from", "sft"] if args.pairs_from == "sft" else [])]
     data = st(f"{tag}data", "prepare_data.py", "--task", args.task, "--out", d / "data", "--seed", seed, *cfg["data"],
               *(["--flip-rate", flip_rate] if flip_rate is not None else []), out=d / "data", kind="data")
     if sft is None:

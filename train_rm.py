@@ -46,6 +46,9 @@ class Args(DataArgs, TrainArgs):
     grad_clip: float = arg(1.0, "clip the global gradient norm (0: off)", ge=0.0)
     val_fraction: float = arg(0.1, "share of pairs held out for diagnostics", gt=0.0, le=0.9)
     eval_every: int = arg(100, "held-out accuracy every N steps", ge=1)
+    pairs_from: str = arg("file", "the preference data D: the pairs file as it is, or for each of its prompts (training and "
+                          "held-out alike) two SFT samples (temperature 1.0) ordered by the built-in task's annotator, as "
+                          "RLHF collects D (Lang et al. 2024: pairs of SFT samples)", choices=["file", "sft"])
     sft_pairs: int = arg(0, "also train on pairs of two SFT samples (temperature 1.0) on this many training prompts, ordered by the built-in task's simulated annotator (0: off)", ge=0, le=10**7)
     n_policy_pairs: int = arg(400, "held-out eval prompts on which two SFT samples make a diagnostic pair (0: skip)", ge=0, le=10**7)
     max_val_pairs: int = arg(1000, "cap on held-out pairs scored at each evaluation", ge=1, le=10**8)
@@ -60,6 +63,10 @@ class Args(DataArgs, TrainArgs):
     ckpt_every: int = arg(200, "save a resumable checkpoint every N steps", ge=1)
     resume: bool = arg(False, "continue the run in --out from its checkpoint")
     overwrite: bool = arg(False, "replace a run already in --out")
+
+    def __post_init__(self):  # flag relations (parse_args makes them usage errors, exit 2)
+        if self.pairs_from == "sft" and self.sft_pairs:
+            raise ValueError("--sft-pairs adds SFT-sample pairs to the file's; with --pairs-from sft every pair already is one")
 
 
 PRESETS = {"smoke": dict(batch_size=16, warmup_steps=5, eval_every=50, ckpt_every=50, max_val_pairs=200, lr=1e-3, head_lr=1e-2),
@@ -121,6 +128,11 @@ def main(argv=None):
         policy, tok, sft_cfg = load_model(args.sft, "policy")
     policy.to(dev)  # before --sft-pairs samples from it
     train, val = (pairs_fitting(tok, rs, policy.config.block_size, pairs_path) for rs in (train, val))  # as SFT skips long demonstrations
+    if args.pairs_from == "sft":  # D itself from SFT samples: the file gives the prompts (and the split) only
+        if task is None:
+            raise ValueError(f"--pairs-from sft needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
+        train, val = (sft_sample_pairs(policy, tok, task, rows, args.seed + s, what) for rows, s, what in
+                      ((train, 5, "training"), (val, 6, "held-out")))
     if args.sft_pairs:  # labels on the policy's own samples, as RLHF collects them; prompts of the training pairs only
         if task is None:
             raise ValueError(f"--sft-pairs needs a built-in task's data ({data / 'meta.json'} is missing): its annotator labels the pairs")
@@ -240,6 +252,18 @@ def main(argv=None):
     metrics.close()
     write_json(out / "diagnostics.json", diag)
     print(format_diagnostics(diag))
+
+
+def sft_sample_pairs(policy, tok, task, rows: list[dict], seed: int, what: str) -> list[dict]:
+    """The pairs file's rows with their responses replaced: two SFT samples (temperature 1.0) per row's prompt, ordered
+    by the task's annotator (rlhf.reward.policy_sample_pairs); rows of one prompt share its pair, identical samples and
+    prompts outside the task are dropped."""
+    prompts = [p for p in dict.fromkeys(r["prompt"] for r in rows) if task.knows(p)]
+    p, c, r = policy_sample_pairs(policy, tok, task, prompts, temperature=1.0, seed=seed)
+    out = pairs_fitting(tok, [{"prompt": a, "chosen": b, "rejected": d} for a, b, d in zip(p, c, r)], policy.config.block_size,
+                        f"the {what} SFT-sample pairs")
+    print(f"--pairs-from sft: {len(out)} {what} pairs of two SFT samples (of {len(prompts)} prompts; identical samples dropped)")
+    return out
 
 
 def load_pairs(args, data: Path):

@@ -107,7 +107,7 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
                      log n - (n-1)/n, the KL to the policy being sampled (= the reference when that
                      policy is the reference, the usual best-of-n baseline)
       proxy/score    mean RM score (rm)
-      gold/score     mean gold score (task)
+      gold/score     mean gold score (task); gold/score_difficulty_<d> per level where the task varies it
       gold/win_rate, gold/win_rate_lo, gold/win_rate_hi   against the reference's samples on the same
                      prompts: win 1, tie 0.5, loss 0, 95% bootstrap over prompts (task and ref or ref_texts)
       rm/onpolicy_gold_accuracy, rm/onpolicy_pairs   (rm, task, rm_pairs >= 2) the RM's gold-ordering accuracy
@@ -189,6 +189,11 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
         if len(known) < P:
             metrics["gold/left_out"] = P - len(known)
         metrics["gold/score"] = _mean([gold[i] for i in known])
+        levels = {}
+        for i in known:  # a world of varied difficulty (task.difficulty): the gold score per level
+            if (lv := task.difficulty(prompts[i])) is not None:
+                levels.setdefault(lv, []).append(gold[i])
+        metrics.update({f"gold/score_difficulty_{lv}": _mean(g) for lv, g in sorted(levels.items())})
         if ref_texts is not None:
             ref_gold = [task.gold(p, t) for p, t in zip(prompts, ref_texts)]
             wins = win_outcomes([gold[i] for i in known], [ref_gold[i] for i in known])  # (known,) 1 / 0.5 / 0

@@ -203,6 +203,7 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
                            (task.family; those with 10 decided pairs or more) of each family's gold accuracy
     rm/gold_accuracy_noisy, rm/gold_accuracy_clean  (with prompt-dependent annotator noise, noisy_share > 0) gold
                            accuracy on the noisy families' pairs and on the others'
+    rm/gold_accuracy_difficulty_<d>  (a world of varied difficulty, task.difficulty) gold accuracy per level
     """
     sc, sr = torch.as_tensor(s_chosen, dtype=torch.float64), torch.as_tensor(s_rejected, dtype=torch.float64)
     lc = [len(t.split()) for t in chosen]
@@ -242,6 +243,12 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     accs = [gold_order(sc.tolist(), sr.tolist(), idx) for idx in fams.values() if len(idx) >= 10]
     if len(accs) >= 2:
         out["rm/family_gold_accuracy_std"] = statistics.stdev(accs)
+    levels = {}
+    for i in decided:
+        if (lv := task.difficulty(prompts[i])) is not None:
+            levels.setdefault(lv, []).append(i)
+    for lv, idx in sorted(levels.items()):
+        out[f"rm/gold_accuracy_difficulty_{lv}"] = gold_order(sc.tolist(), sr.tolist(), idx)
     if task.annotator["noisy_share"]:
         for name, want in (("noisy", True), ("clean", False)):
             out[f"rm/gold_accuracy_{name}"] = gold_order(sc.tolist(), sr.tolist(), [i for i in decided if task.noisy(prompts[i]) == want])

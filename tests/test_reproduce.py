@@ -162,3 +162,8 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     cmds.clear()
     reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["rlp_spg"], [])
     assert [c[0] for c in cmds].count("train_rm.py") == 2 and not any("--normalize" in c for c in cmds)
+    args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "sftD"), "--methods", "rlp_uml", "--pairs-from", "sft"])
+    cmds.clear()
+    reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["rlp_uml"], [])
+    rms = [c for c in cmds if c[0] == "train_rm.py"]
+    assert len(rms) == 2 and all(c[c.index("--pairs-from") + 1] == "sft" for c in rms)

@@ -49,3 +49,22 @@ def test_task_from_meta_keeps_the_annotator(algo):
     noisy = {**meta, "annotator": {**meta["annotator"], "flip_rate": 0.4}}
     assert tasks.task_from_meta(noisy).annotator_settings()["flip_rate"] == 0.4
     assert tasks.task_from_meta(None) is None
+
+
+def test_pairs_from_sft_replaces_d_with_sft_sample_pairs(algo, tmp_path):
+    """--pairs-from sft: the pairs file gives the prompts and the split; every training and held-out pair is two SFT
+    samples ordered by the annotator (its counts are printed, and the held-out diagnostics are on those pairs)."""
+    data = tmp_path / "data"
+    shutil.copytree(algo / "data", data)
+    lines = (data / "preferences.jsonl").read_text().splitlines(keepends=True)
+    (data / "preferences.jsonl").write_text("".join(lines[:80]))
+    p = run("train_rm.py", "--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"), "--pairs-from", "sft",
+            "--epochs", "0.5", "--n-policy-pairs", "0", "--out", str(tmp_path / "rm"))
+    made = {l.split()[3]: int(l.split()[2]) for l in p.stdout.splitlines() if l.startswith("--pairs-from sft:")}
+    assert set(made) == {"training", "held-out"} and 0 < made["held-out"] < made["training"] <= 80
+    assert next(l for l in p.stdout.splitlines() if "training pairs," in l).startswith(f"{made['training']} training pairs")
+    diag = json.loads((tmp_path / "rm" / "diagnostics.json").read_text())
+    assert diag["rm/n_pairs"] == made["held-out"]
+    bad = run("train_rm.py", "--preset", "smoke", "--data", str(data), "--sft", str(algo / "sft" / "ckpt"), "--pairs-from", "sft",
+              "--sft-pairs", "10", "--out", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and "--pairs-from sft" in bad.stderr

@@ -207,3 +207,16 @@ def test_prepare_data_noisy_families_and_unlabelled_ratio(tmp_path):
     for flag, value in (("--noisy-share", "1.5"), ("--noisy-flip-rate", "-0.1"), ("--unlabelled-ratio", "0")):
         p = run("prepare_data.py", "--task", "algo", "--out", str(tmp_path / "bad"), flag, value, check=False)
         assert p.returncode == 2 and flag in p.stderr and not (tmp_path / "bad").exists()
+
+
+def test_prepare_data_attributes(tmp_path):
+    run("prepare_data.py", "--task", "story", "--out", str(tmp_path / "d"), "--n-sft", "40", "--n-pairs", "40", "--n-rl", "40",
+        "--n-unlabelled", "4", "--n-eval", "40", "--attributes", "1-4")
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert meta["world"] == {"attributes": "1-4"}
+    from rlhf.tasks import task_from_meta
+    t = task_from_meta(meta)
+    rl = [json.loads(line)["prompt"] for line in (tmp_path / "d" / "prompts_rl.jsonl").open()]
+    assert len({t.difficulty(p) for p in rl}) > 1
+    p = run("prepare_data.py", "--task", "algo", "--out", str(tmp_path / "a"), "--attributes", "1-4", check=False)
+    assert p.returncode == 1 and "only the story task" in p.stderr and "Traceback" not in p.stderr

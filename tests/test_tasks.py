@@ -31,7 +31,8 @@ def test_unknown_task():
 
 
 @pytest.mark.parametrize("kwargs, msg", [
-    ({"temperature": 1.0}, r"unknown annotator setting 'temperature'; allowed: flip_rate, length_bias, tau"),
+    ({"temperature": 1.0}, r"unknown annotator setting 'temperature'; allowed: flip_rate, length_bias, noisy_flip_rate, noisy_share, tau"),
+    ({"noisy_share": 1.5}, r"noisy_share must be in \[0, 1\]"),
     ({"tau": 0.0}, r"tau must be > 0"),
     ({"tau": -1}, r"tau must be > 0"),
     ({"tau": float("nan")}, r"tau must be a finite number"),
@@ -343,3 +344,50 @@ def test_rm_diagnostics_split_noisy_and_clean_families():
     d = rm_diagnostics(prompts, good, ["mia ."] * 20, [0.0 if n else 1.0 for n in noisy], [1.0 if n else 0.0 for n in noisy], t)
     assert d["rm/gold_accuracy_noisy"] == 0.0 and d["rm/gold_accuracy_clean"] == 1.0 and d["rm/gold_accuracy"] == 0.5
     assert d["rm/family_gold_accuracy_std"] == pytest.approx(2 ** -0.5)  # stdev of (0, 1)
+
+
+def test_story_prompts_of_varied_attributes():
+    """--attributes 1-4: prompts request 1 to 4 attributes; gold averages the requested ones; the default world is
+    untouched (every prompt requests all four)."""
+    import random
+    from collections import Counter
+
+    from rlhf.tasks import task_from_meta
+    from rlhf.tasks.story import n_attributes
+    assert {n_attributes(p) for p in get_task("story").prompts("rl", 300)} == {4}
+    t = get_task("story", attributes="1-4")
+    ev = t.prompts("eval", 400)
+    assert len(set(ev)) == 400 and Counter(map(t.difficulty, ev)) == {1: 4, 2: 27, 3: 184, 4: 185}  # distinct: small pools cap
+    assert not set(ev) & set(t.prompts("sft", 3000))  # the md5 split holds for every form
+    rl = Counter(map(t.difficulty, t.prompts("rl", 4000)))
+    assert set(rl) == {1, 2, 3, 4} and all(800 < v < 1200 for v in rl.values())  # a quarter each
+    p = "tell a story about mia ."
+    assert t.parse_prompt(p) == (None, "mia", None, None) and t.family(p) == "-" and t.difficulty(p) == 1
+    assert t.gold(p, t.reference(p)) == 1.0
+    c = t.gold_components(p, "one day leo went to the park . leo felt sad . at the end , leo was sad .")
+    assert set(c) == {"terminated", "parse", "distinct", "length", "name"} and c["name"] == 0.0
+    assert t.gold(p, "one day leo went to the park . leo felt sad . at the end , leo was sad .") == pytest.approx(0.1)
+    # three attributes: content averages name, object and mood by their weights (0.25, 0.25, 0.35) / 0.85
+    p3 = "write a happy story about mia and a kite ."
+    story = "one day mia went to the park . mia found a kite . at the end , mia was sad ."
+    c3 = t.gold_components(p3, story)
+    assert "colour" not in c3 and c3["name"] == c3["object"] == 1.0 and c3["mood"] == 0.0
+    assert t.gold(p3, story) == pytest.approx(0.1 + 0.9 * 0.5 / 0.85)
+    assert get_task("story").gold(p3, story) == t.gold(p3, story)  # the grammar is one; the world picks the forms
+    rng = random.Random(0)
+    assert sum(t.gold(q, t.demonstration(q, rng)) > 0 for q in ev) > 300  # every form has its demonstrations
+    assert task_from_meta({"task": "story", "seed": 0, "world": t.world_settings()}).attributes == "1-4"
+    assert get_task("story").world_settings() == {} and get_task("story").difficulty(p) is None
+    with pytest.raises(ValueError, match="only the story task"):
+        get_task("algo", attributes="1-4")
+
+
+def test_rm_diagnostics_per_difficulty_level():
+    from rlhf.reward import rm_diagnostics
+    t = get_task("story", attributes="1-4")
+    prompts = ["tell a story about mia ."] * 3 + ["write a happy story about leo and a red kite ."] * 3
+    good = [t.reference(p) for p in prompts]
+    d = rm_diagnostics(prompts, good, ["mia ."] * 6, [1, 1, 0, 1, 1, 1], [0, 0, 1, 0, 0, 0], t)
+    assert d["rm/gold_accuracy_difficulty_1"] == pytest.approx(2 / 3) and d["rm/gold_accuracy_difficulty_4"] == 1.0
+    assert not any("difficulty" in k for k in rm_diagnostics(prompts[3:], good[3:], ["mia ."] * 3, [1] * 3, [0] * 3,
+                                                             get_task("story")))

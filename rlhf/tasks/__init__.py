@@ -7,7 +7,7 @@ Nothing is downloaded: every task is generated in code, deterministically from a
 
 The contract every task keeps (scripts and tests call these names):
 
-    task = get_task(name, seed=0, tau=..., flip_rate=..., length_bias=...)
+    task = get_task(name, seed=0, tau=..., flip_rate=..., length_bias=..., noisy_share=..., attributes=...)
     task.prompts(split, n)                 -> list[str]   split in sft | rl | unlabelled | eval
     task.demonstration(prompt, rng)        -> str         mediocre on purpose (headroom for RLHF)
     task.reference(prompt)                 -> str         a best-achievable answer, gold 1.0
@@ -226,6 +226,15 @@ class Task:
             a_wins = not a_wins
         return 0 if a_wins else 1
 
+    def difficulty(self, prompt: str) -> int | None:
+        """A prompt's difficulty level where the world varies it (story --attributes 1-4: the attributes requested),
+        else None; the RM diagnostics and the evaluations then report per level."""
+        return None
+
+    def world_settings(self) -> dict:
+        """What besides the seed and the annotator builds this task's world, for meta.json ({}: the default world)."""
+        return {}
+
     def annotator_settings(self) -> dict:
         """The annotator's settings, for the data's meta.json (the noisy-family ones only when noisy_share > 0, so a
         default data directory's meta.json reads as before)."""
@@ -244,12 +253,15 @@ def known_rows(task: Task, prompts: list[str], where: Callable[[int], str]) -> l
     return known
 
 
-def get_task(name: str, seed: int = 0, **annotator) -> Task:
-    """The built-in task `name` ("story" or "algo"); annotator settings: tau, flip_rate, length_bias."""
+def get_task(name: str, seed: int = 0, attributes: str = "4", **annotator) -> Task:
+    """The built-in task `name` ("story" or "algo"); annotator settings: tau, flip_rate, length_bias, noisy_share,
+    noisy_flip_rate; attributes (story only): "4" or "1-4", the prompt forms its world draws from (StoryTask)."""
     if name == "story":
         from .story import StoryTask
-        return StoryTask(seed, **annotator)
+        return StoryTask(seed, attributes=attributes, **annotator)
     if name == "algo":
+        if attributes != "4":
+            raise ValueError(f"attributes {attributes!r}: only the story task has prompts of varied attributes")
         from .algo import AlgoTask
         return AlgoTask(seed, **annotator)
     raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
@@ -260,4 +272,4 @@ def task_from_meta(meta: dict | None) -> Task | None:
     labels drawn later, e.g. train_rm.py --sft-pairs, follow the same annotator); None without a meta.json."""
     if not meta:
         return None
-    return get_task(meta["task"], seed=meta["seed"], **meta.get("annotator", {}))
+    return get_task(meta["task"], seed=meta["seed"], **meta.get("world", {}), **meta.get("annotator", {}))

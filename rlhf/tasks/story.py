@@ -35,7 +35,7 @@ from collections import Counter
 import random
 import re
 
-from . import Task
+from . import Task, is_eval_prompt
 
 NAMES = ("mia", "leo", "sam", "ava", "noah", "lily", "max", "zoe", "ben", "ella",
          "tom", "ruby", "finn", "nora", "jack", "ivy", "owen", "emma", "luke", "anna",
@@ -78,7 +78,13 @@ TEMPLATES = (
 _SLOT_WORDS = {"name": NAMES, "name2": NAMES, "object": OBJECTS, "colour": COLOURS, "place": PLACES,
                "feel": tuple(MOOD_OF), "adj": ADJECTIVES, "size": ADJECTIVES, "verb": VERBS,
                "move": MOVES, "prep": PREPS}
-_PROMPT_RE = re.compile(r"^(\w+) a (\w+) story about (\w+) and a (\w+) (\w+) \.$")
+# Prompt forms by the number of requested attributes (the name always; then the mood, the object, its colour).
+# The default world asks for all four; prepare_data.py --attributes 1-4 mixes the four forms (StoryTask.prompts).
+_PROMPT_RES = {4: re.compile(r"^(\w+) a (?P<mood>\w+) story about (?P<name>\w+) and a (?P<colour>\w+) (?P<object>\w+) \.$"),
+               3: re.compile(r"^(\w+) a (?P<mood>\w+) story about (?P<name>\w+) and a (?P<object>\w+) \.$"),
+               2: re.compile(r"^(\w+) a (?P<mood>\w+) story about (?P<name>\w+) \.$"),
+               1: re.compile(r"^(\w+) a story about (?P<name>\w+) \.$")}
+ATTRIBUTES = ("4", "1-4")  # the prompt forms a world draws from
 
 
 def _template_regex(t: str) -> re.Pattern:
@@ -128,14 +134,24 @@ def split_sentences(response: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=65536)
-def parse_prompt(prompt: str) -> tuple[str, str, str, str]:
-    """(mood, name, colour, object) of a story prompt; ValueError when it is not one."""
-    m = _PROMPT_RE.match(prompt.strip())
-    if (m is None or m.group(1) not in PROMPT_VERBS or m.group(2) not in FEELINGS or m.group(3) not in NAMES
-            or m.group(4) not in COLOURS or m.group(5) not in OBJECTS):
-        raise ValueError(f"not a story prompt (expected e.g. 'write a happy story about mia and a red kite .'): "
-                         f"{prompt!r}")
-    return m.group(2), m.group(3), m.group(4), m.group(5)
+def parse_prompt(prompt: str) -> tuple[str | None, str, str | None, str | None]:
+    """(mood, name, colour, object) of a story prompt, None for an attribute it does not request (the forms of
+    _PROMPT_RES: "write a happy story about mia and a red kite ." requests all four, "tell a story about mia ." the
+    name only); ValueError when it is not one."""
+    text = prompt.strip()
+    for m in (r.match(text) for r in _PROMPT_RES.values()):
+        if m is None:
+            continue
+        d = m.groupdict()
+        if (m.group(1) in PROMPT_VERBS and d["name"] in NAMES and d.get("mood", "happy") in FEELINGS
+                and d.get("colour", "red") in COLOURS and d.get("object", "kite") in OBJECTS):
+            return d.get("mood"), d["name"], d.get("colour"), d.get("object")
+    raise ValueError(f"not a story prompt (expected e.g. 'write a happy story about mia and a red kite .'): {prompt!r}")
+
+
+def n_attributes(prompt: str) -> int:
+    """How many attributes a story prompt requests: 1 (the name) to 4 (name, mood, object, colour)."""
+    return sum(x is not None for x in parse_prompt(prompt))
 
 
 def _story(rng: random.Random, name: str, obj: str, colour: str | None, feels: list[str], n_sent: int,
@@ -193,20 +209,89 @@ class StoryTask(Task):
     max_response_words = 90
     eval_percent = 10  # ~4,600 eval prompts
 
-    def _prompt_space(self) -> list[str]:
-        return [f"{v} a {m} story about {n} and a {c} {o} ."
-                for v in PROMPT_VERBS for m in MOODS for n in NAMES for c in COLOURS for o in OBJECTS]
+    def __init__(self, seed: int = 0, attributes: str = "4", **annotator):
+        """attributes: "4" (every prompt requests name, mood, coloured object: the default world) or "1-4" (prompts
+        request 1, 2, 3 or 4 attributes, a quarter each where the pools allow: varied difficulty; prompts())."""
+        if attributes not in ATTRIBUTES:
+            raise ValueError(f"story attributes must be one of: {', '.join(ATTRIBUTES)} (got {attributes!r})")
+        self.attributes = attributes
+        self.families = OBJECTS if attributes == "4" else OBJECTS + ("-",)  # "-": the prompts that request no object
+        super().__init__(seed, **annotator)
+
+    def _prompt_space(self, count: int = 4) -> list[str]:
+        forms = {4: [f"{v} a {m} story about {n} and a {c} {o} ." for v in PROMPT_VERBS for m in MOODS for n in NAMES
+                     for c in COLOURS for o in OBJECTS],
+                 3: [f"{v} a {m} story about {n} and a {o} ." for v in PROMPT_VERBS for m in MOODS for n in NAMES for o in OBJECTS],
+                 2: [f"{v} a {m} story about {n} ." for v in PROMPT_VERBS for m in MOODS for n in NAMES],
+                 1: [f"{v} a story about {n} ." for v in PROMPT_VERBS for n in NAMES]}
+        return forms[count]
+
+    def prompts(self, split: str, n: int) -> list[str]:
+        """attributes "4": the base class's draw. "1-4": each prompt's form (1 to 4 attributes) drawn uniformly, then a
+        prompt of that form (without replacement within a pass, as the base class draws). "eval" stays distinct, so its
+        n is split evenly over the forms as far as each form's eval pool allows (4 name-only and 27 two-attribute
+        eval prompts exist) and the rest goes to the larger forms: 400 eval prompts are 4, 27, 184 and 185."""
+        if self.attributes == "4":
+            return super().prompts(split, n)
+        super().prompts(split, 1)  # the base class's checks of split and n
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        pools = {c: self._pools_of(c)[split == "eval"] for c in (1, 2, 3, 4)}
+        rng = random.Random(f"{self.name}:{self.seed}:{split}:attributes-1-4")
+        if split == "eval":
+            if n > sum(len(p) for p in pools.values()):
+                raise ValueError(f"asked for {n} eval prompts but the story eval pools hold only {sum(len(p) for p in pools.values())}")
+            quota, left = {}, n
+            for i, c in enumerate(sorted(pools, key=lambda c: len(pools[c]))):  # smallest pool first; the rest moves up
+                quota[c] = min(len(pools[c]), left // (4 - i))
+                left -= quota[c]
+            out = [p for c in (1, 2, 3, 4) for p in rng.sample(pools[c], quota[c])]
+            rng.shuffle(out)
+            return out
+        counts = [rng.randint(1, 4) for _ in range(n)]
+        drawn = {}
+        for c in (1, 2, 3, 4):
+            k, got = counts.count(c), []
+            while len(got) < k:
+                got += rng.sample(pools[c], min(k - len(got), len(pools[c])))
+            drawn[c] = iter(got)
+        return [next(drawn[c]) for c in counts]
+
+    def _pools_of(self, count: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(train pool, eval pool) of one prompt form, by the same md5 split as the base class's pools."""
+        key = (type(self), count)
+        if key not in Task._pool_cache:
+            train, ev = [], []
+            for p in self._prompt_space(count):
+                (ev if is_eval_prompt(p, self.eval_percent) else train).append(p)
+            Task._pool_cache[key] = (tuple(train), tuple(ev))
+        return Task._pool_cache[key]
+
+    def difficulty(self, prompt: str) -> int | None:
+        """--attributes 1-4: how many attributes the prompt requests (n_attributes); None in the default world."""
+        return None if self.attributes == "4" else n_attributes(prompt)
+
+    def world_settings(self) -> dict:
+        """What besides the seed and the annotator builds this world, for meta.json ({} for the default world)."""
+        return {} if self.attributes == "4" else {"attributes": self.attributes}
 
     def reference(self, prompt: str) -> str:
-        """Five sentences: every attribute, the colour before the object, two distinct feeling words."""
+        """Five sentences: every attribute, the colour before the object, two distinct feeling words (an attribute the
+        prompt does not request is drawn once per prompt, so the reference stays a fixed answer)."""
         mood, name, colour, obj = parse_prompt(prompt)
         rng = random.Random(prompt)
+        mood = mood or rng.choice(MOODS)
+        obj = obj or rng.choice(OBJECTS)
         return " ".join(_story(rng, name, obj, colour, rng.sample(FEELINGS[mood], 2), 5))
 
     def demonstration(self, prompt: str, rng: random.Random) -> str:
         """Mediocre on purpose: each attribute is often wrong or missing, the length sometimes leaves
         the window, a sentence is sometimes repeated or broken. Most sentences parse."""
         mood, name, colour, obj = parse_prompt(prompt)
+        if mood is None:  # not requested: any mood, any object (drawn only for such prompts, so the default world's
+            mood = rng.choice(MOODS)  # demonstrations draw exactly what they drew before)
+        if obj is None:
+            obj = rng.choice(OBJECTS)
         if rng.random() < 0.15:
             name = rng.choice([x for x in NAMES if x != name])
         if rng.random() < 0.15:
@@ -253,7 +338,7 @@ class StoryTask(Task):
             length = n / MIN_SENTENCES
         else:
             length = max(0.0, 1.0 - max(0, n - MAX_SENTENCES) / 4)
-        return {
+        out = {
             "terminated": 1.0 if a["words"] and a["words"][-1] == "." else 0.0,
             "parse": len(a["parsed"]) / n if n else 0.0,
             "distinct": len(set(a["sentences"])) / n if n else 0.0,
@@ -263,16 +348,23 @@ class StoryTask(Task):
             "colour": 1.0 if obj_colours == {colour} else 0.0,
             "mood": min(1.0, max(0.0, (n_match - 2 * n_other) / 2)),
         }
+        # an attribute the prompt does not request has no component (content then averages the requested ones)
+        return {k: v for k, v in out.items() if not (k == "mood" and mood is None or k == "object" and obj is None
+                                                      or k == "colour" and colour is None)}
 
     def _combine(self, c: dict[str, float]) -> float:
-        content = sum(w * c[k] for k, w in CONTENT_WEIGHTS.items())
+        """content = sum_k w_k c_k over the requested attributes / sum_k w_k over them (the weights sum to 1 when all
+        four are requested, and then the division is skipped, so the default world's gold is what it was)."""
+        present = [k for k in CONTENT_WEIGHTS if k in c]
+        content = sum(CONTENT_WEIGHTS[k] * c[k] for k in present)
+        if len(present) < len(CONTENT_WEIGHTS):
+            content /= sum(CONTENT_WEIGHTS[k] for k in present)
         return c["terminated"] * c["parse"] * c["distinct"] * c["length"] * (0.1 + 0.9 * content)
 
-    families = OBJECTS
-
     def family(self, prompt: str) -> str:
-        """The requested object: the prompts about one object share a family (and, with noisy_share, an annotator)."""
-        return parse_prompt(prompt)[3]
+        """The requested object ("-" when none is requested): the prompts about one object share a family (and, with
+        noisy_share, an annotator)."""
+        return parse_prompt(prompt)[3] or "-"
 
     def key(self, prompt: str, response: str) -> str:
         """"name=<n> object=<o> colour=<c> mood=<m>" as the parsed sentences express them: the most

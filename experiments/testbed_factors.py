@@ -1,0 +1,66 @@
+"""What each testbed factor does, measured on one reproduce.py seed (its data, SFT and RM; story task, tiny preset):
+
+  1. prompt-dependent annotator noise: the same prompts and demonstrations labelled with --noisy-share 0.25, an RM
+     trained on them from the same SFT; its gold accuracy on the noisy families' pairs against the others', and the
+     spread of its accuracy over families, beside the default RM's;
+  2. D from SFT samples: an RM trained on pairs of two SFT samples (train_rm.py --pairs-from sft) on the same prompts;
+     its gold accuracy on SFT-sample pairs of held-out prompts (sft_pairs/gold_accuracy) beside the default RM's;
+  3. the contrastive baselines: the between-prompt variance of the baseline means against the within-prompt
+     variance / k (baseline/* of the contrastive PPO run's first row).
+
+    python3 experiments/testbed_factors.py runs/r22 [--threads 2]
+
+RUN is a `reproduce.py --out RUN` directory (default methods). The two RMs go into RUN/factors/ (skipped when their
+diagnostics.json exists); the table is printed and written to RUN/factors/table.md.
+"""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def step(out: Path, *argv):
+    if (out / "diagnostics.json").exists() or (out / "meta.json").exists():
+        return
+    print(" ".join(argv), flush=True)
+    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    run = Path(a.run).resolve()
+    s0, f = run / "s0", run / "factors"
+    sft, threads = str(s0 / "sft" / "ckpt"), ["--threads", str(a.threads)]
+    step(f / "data_noisy", "prepare_data.py", "--task", "story", "--out", str(f / "data_noisy"), "--noisy-share", "0.25")
+    rm = ["train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", sft, "--normalize", *threads]
+    step(f / "rm_noisy", *rm, "--data", str(f / "data_noisy"), "--out", str(f / "rm_noisy"))
+    step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
+
+    diag = {name: json.loads((d / "diagnostics.json").read_text())
+            for name, d in (("default RM", s0 / "rm"), ("noisy-family labels", f / "rm_noisy"), ("D from SFT samples", f / "rm_sftD"))}
+    g = lambda d, k: f"{d[k]:.3f}" if isinstance(d.get(k), float) else "-"  # noqa: E731
+    lines = ["| RM | gold acc., held-out pairs of its D | noisy families | other families | std over families | "
+             "gold acc., SFT-sample pairs | noisy | other | std over families |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, d in diag.items():
+        lines.append(f"| {name} | {g(d, 'rm/gold_accuracy')} | {g(d, 'rm/gold_accuracy_noisy')} | {g(d, 'rm/gold_accuracy_clean')} | "
+                     f"{g(d, 'rm/family_gold_accuracy_std')} | {g(d, 'sft_pairs/gold_accuracy')} | {g(d, 'sft_pairs/gold_accuracy_noisy')} | "
+                     f"{g(d, 'sft_pairs/gold_accuracy_clean')} | {g(d, 'sft_pairs/family_gold_accuracy_std')} |")
+    row0 = json.loads((s0 / "contrastive" / "metrics.jsonl").open().readline())
+    between, within = row0.get("baseline/between_prompt_var"), row0.get("baseline/within_prompt_var_over_k")
+    if between is not None:
+        lines += ["", f"Contrastive baselines (k = 4 SFT samples per RL prompt, the first RM): between-prompt variance of the "
+                      f"baseline means {between:.3f}, within-prompt variance / k {within:.3f} (ratio {between / within:.1f})"]
+    lines += ["", f"Command: python3 experiments/testbed_factors.py {a.run} --threads {a.threads}"]
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
