@@ -75,6 +75,10 @@ class Args:
     normalize: bool = arg(True, "train every RM (the first, the RLP ones, the noise sweep's) with --normalize: its rewards "
                           "have mean 0 and std 1 on held-out pairs, so --kl-coef is the same trade-off for every RM "
                           "(--no-normalize: raw scores, as before)")
+    noisy_share: float = arg(0.0, "the testbed's prompt-dependent annotator noise (prepare_data.py --noisy-share; 0: off)", ge=0.0, le=1.0)
+    attributes: str = arg("4", "story prompts request all 4 attributes, or 1 to 4 (prepare_data.py --attributes)", choices=["4", "1-4"])
+    unlabelled_ratio: float | None = arg(None, "|U| = this x the labelled pairs (prepare_data.py --unlabelled-ratio; RLP's paper: 2)",
+                                         gt=0.0, le=1000.0)
     pairs_from: str = arg("file", "every RM's preference data D: the demonstration pairs of prepare_data.py, or pairs of two SFT "
                           "samples on the same prompts (train_rm.py --pairs-from sft, as RLP's paper builds D; DPO keeps the file's)",
                           choices=["file", "sft"])
@@ -185,7 +189,9 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
     steps = args.ppo_steps or cfg["ppo_steps"]
     pre = ["--preset", args.preset, "--seed", seed]
     rm_flags = [*cfg["rm"], *(["--normalize"] if args.normalize else []), *(["--pairs-from", "sft"] if args.pairs_from == "sft" else [])]
-    data = st(f"{tag}data", "prepare_data.py", "--task", args.task, "--out", d / "data", "--seed", seed, *cfg["data"],
+    world = [*(["--noisy-share", args.noisy_share] if args.noisy_share else []), *(["--attributes", args.attributes]
+             if args.attributes != "4" else []), *(["--unlabelled-ratio", args.unlabelled_ratio] if args.unlabelled_ratio else [])]
+    data = st(f"{tag}data", "prepare_data.py", "--task", args.task, "--out", d / "data", "--seed", seed, *cfg["data"], *world,
               *(["--flip-rate", flip_rate] if flip_rate is not None else []), out=d / "data", kind="data")
     if sft is None:
         sft = st(f"{tag}sft", "train_sft.py", *pre, "--data", data, *cfg["sft"], "--out", d / "sft", out=d / "sft") / "ckpt"

@@ -6,7 +6,9 @@
   2. D from SFT samples: an RM trained on pairs of two SFT samples (train_rm.py --pairs-from sft) on the same prompts;
      its gold accuracy on SFT-sample pairs of held-out prompts (sft_pairs/gold_accuracy) beside the default RM's;
   3. the contrastive baselines: the between-prompt variance of the baseline means against the within-prompt
-     variance / k (baseline/* of the contrastive PPO run's first row).
+     variance / k (baseline/* of the contrastive PPO run's first row);
+  4. prompts of varied difficulty: data with --attributes 1-4, its own SFT and RM; gold of the SFT policy and the RM's
+     gold accuracy per number of requested attributes.
 
     python3 experiments/testbed_factors.py runs/r22 [--threads 2]
 
@@ -41,6 +43,16 @@ def main():
     rm = ["train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", sft, "--normalize", *threads]
     step(f / "rm_noisy", *rm, "--data", str(f / "data_noisy"), "--out", str(f / "rm_noisy"))
     step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
+    step(f / "data_mixed", "prepare_data.py", "--task", "story", "--out", str(f / "data_mixed"), "--attributes", "1-4")
+    if not (f / "sft_mixed" / "eval.json").exists():
+        subprocess.run([sys.executable, "train_sft.py", "--preset", "tiny", "--data", str(f / "data_mixed"), *threads,
+                        "--out", str(f / "sft_mixed")], cwd=ROOT, check=True)
+    step(f / "rm_mixed", "train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", str(f / "sft_mixed" / "ckpt"), "--normalize",
+         *threads, "--data", str(f / "data_mixed"), "--out", str(f / "rm_mixed"))
+    if not (f / "eval_mixed.json").exists():
+        subprocess.run([sys.executable, "evaluate.py", "--policy", str(f / "sft_mixed" / "ckpt"), "--reference", "none",
+                        "--rm", str(f / "rm_mixed" / "ckpt"), "--data", str(f / "data_mixed"), "--n-eval", "400", *threads,
+                        "--out", str(f / "eval_mixed.json")], cwd=ROOT, check=True)
 
     diag = {name: json.loads((d / "diagnostics.json").read_text())
             for name, d in (("default RM", s0 / "rm"), ("noisy-family labels", f / "rm_noisy"), ("D from SFT samples", f / "rm_sftD"))}
@@ -56,6 +68,12 @@ def main():
     if between is not None:
         lines += ["", f"Contrastive baselines (k = 4 SFT samples per RL prompt, the first RM): between-prompt variance of the "
                       f"baseline means {between:.3f}, within-prompt variance / k {within:.3f} (ratio {between / within:.1f})"]
+    mixed, ev = json.loads((f / "rm_mixed" / "diagnostics.json").read_text()), json.loads((f / "eval_mixed.json").read_text())
+    lines += ["", "Prompts of varied difficulty (--attributes 1-4; its own SFT and RM; eval prompts per level: 4, 27, 184, 185):", "",
+              "| attributes requested | SFT gold | RM gold acc., held-out pairs | RM gold acc., SFT-sample pairs |", "|---|---|---|---|"]
+    for lv in (1, 2, 3, 4):
+        lines.append(f"| {lv} | {g(ev, f'gold/score_difficulty_{lv}')} | {g(mixed, f'rm/gold_accuracy_difficulty_{lv}')} | "
+                     f"{g(mixed, f'sft_pairs/gold_accuracy_difficulty_{lv}')} |")
     lines += ["", f"Command: python3 experiments/testbed_factors.py {a.run} --threads {a.threads}"]
     f.mkdir(parents=True, exist_ok=True)
     (f / "table.md").write_text("\n".join(lines) + "\n")

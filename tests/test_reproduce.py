@@ -167,3 +167,10 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["rlp_uml"], [])
     rms = [c for c in cmds if c[0] == "train_rm.py"]
     assert len(rms) == 2 and all(c[c.index("--pairs-from") + 1] == "sft" for c in rms)
+    assert not any("--noisy-share" in c or "--attributes" in c for c in cmds)  # the default world: the data command as before
+    args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "w"), "--methods", "sft", "--noisy-share", "0.25",
+                                                 "--attributes", "1-4", "--unlabelled-ratio", "2"])
+    cmds.clear()
+    reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["sft"], [])
+    data = next(c for c in cmds if c[0] == "prepare_data.py")
+    assert [data[data.index(f) + 1] for f in ("--noisy-share", "--attributes", "--unlabelled-ratio")] == ["0.25", "1-4", "2.0"]
