@@ -25,16 +25,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def step(out: Path, *argv):
-    if (out / "diagnostics.json").exists() or (out / "meta.json").exists():
+    """Run a script unless its output is finished (diagnostics.json, eval.json, meta.json or the JSON itself); an
+    unfinished training run resumes, unfinished data is written again."""
+    if any((out / n).exists() for n in ("diagnostics.json", "eval.json", "meta.json")) or out.is_file():
         return
-    print(" ".join(argv), flush=True)
-    subprocess.run([sys.executable, *argv], cwd=ROOT, check=True)
+    extra = ([] if not out.exists() else ["--overwrite"] if argv[0] == "prepare_data.py"
+             else ["--resume"] if argv[0].startswith("train_") else [])
+    print(" ".join([*argv, *extra]), flush=True)
+    subprocess.run([sys.executable, *argv, *extra], cwd=ROOT, check=True)
+
+
+def difficulty_runs(f: Path, threads: list[str]):
+    step(f / "data_mixed", "prepare_data.py", "--task", "story", "--out", str(f / "data_mixed"), "--attributes", "1-4")
+    step(f / "sft_mixed", "train_sft.py", "--preset", "tiny", "--data", str(f / "data_mixed"), *threads, "--out", str(f / "sft_mixed"))
+    step(f / "rm_mixed", "train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", str(f / "sft_mixed" / "ckpt"), "--normalize",
+         *threads, "--data", str(f / "data_mixed"), "--out", str(f / "rm_mixed"))
+    step(f / "eval_mixed.json", "evaluate.py", "--policy", str(f / "sft_mixed" / "ckpt"), "--reference", "none",
+         "--rm", str(f / "rm_mixed" / "ckpt"), "--data", str(f / "data_mixed"), "--n-eval", "400", *threads,
+         "--out", str(f / "eval_mixed.json"))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip-difficulty", action="store_true", help="leave factor 4 (its own SFT) out")
     a = ap.parse_args()
     run = Path(a.run).resolve()
     s0, f = run / "s0", run / "factors"
@@ -43,16 +58,9 @@ def main():
     rm = ["train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", sft, "--normalize", *threads]
     step(f / "rm_noisy", *rm, "--data", str(f / "data_noisy"), "--out", str(f / "rm_noisy"))
     step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
-    step(f / "data_mixed", "prepare_data.py", "--task", "story", "--out", str(f / "data_mixed"), "--attributes", "1-4")
-    if not (f / "sft_mixed" / "eval.json").exists():
-        subprocess.run([sys.executable, "train_sft.py", "--preset", "tiny", "--data", str(f / "data_mixed"), *threads,
-                        "--out", str(f / "sft_mixed")], cwd=ROOT, check=True)
-    step(f / "rm_mixed", "train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", str(f / "sft_mixed" / "ckpt"), "--normalize",
-         *threads, "--data", str(f / "data_mixed"), "--out", str(f / "rm_mixed"))
-    if not (f / "eval_mixed.json").exists():
-        subprocess.run([sys.executable, "evaluate.py", "--policy", str(f / "sft_mixed" / "ckpt"), "--reference", "none",
-                        "--rm", str(f / "rm_mixed" / "ckpt"), "--data", str(f / "data_mixed"), "--n-eval", "400", *threads,
-                        "--out", str(f / "eval_mixed.json")], cwd=ROOT, check=True)
+    mixed = not a.skip_difficulty
+    if mixed:
+        difficulty_runs(f, threads)
 
     diag = {name: json.loads((d / "diagnostics.json").read_text())
             for name, d in (("default RM", s0 / "rm"), ("noisy-family labels", f / "rm_noisy"), ("D from SFT samples", f / "rm_sftD"))}
@@ -68,16 +76,23 @@ def main():
     if between is not None:
         lines += ["", f"Contrastive baselines (k = 4 SFT samples per RL prompt, the first RM): between-prompt variance of the "
                       f"baseline means {between:.3f}, within-prompt variance / k {within:.3f} (ratio {between / within:.1f})"]
+    if mixed:
+        lines += difficulty_table(f, g)
+    lines += ["", f"Command: python3 experiments/testbed_factors.py {a.run} --threads {a.threads}"
+              + (" --skip-difficulty" if a.skip_difficulty else "")]
+    f.mkdir(parents=True, exist_ok=True)
+    (f / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def difficulty_table(f: Path, g) -> list[str]:
     mixed, ev = json.loads((f / "rm_mixed" / "diagnostics.json").read_text()), json.loads((f / "eval_mixed.json").read_text())
-    lines += ["", "Prompts of varied difficulty (--attributes 1-4; its own SFT and RM; eval prompts per level: 4, 27, 184, 185):", "",
+    lines = ["", "Prompts of varied difficulty (--attributes 1-4; its own SFT and RM; eval prompts per level: 4, 27, 184, 185):", "",
               "| attributes requested | SFT gold | RM gold acc., held-out pairs | RM gold acc., SFT-sample pairs |", "|---|---|---|---|"]
     for lv in (1, 2, 3, 4):
         lines.append(f"| {lv} | {g(ev, f'gold/score_difficulty_{lv}')} | {g(mixed, f'rm/gold_accuracy_difficulty_{lv}')} | "
                      f"{g(mixed, f'sft_pairs/gold_accuracy_difficulty_{lv}')} |")
-    lines += ["", f"Command: python3 experiments/testbed_factors.py {a.run} --threads {a.threads}"]
-    f.mkdir(parents=True, exist_ok=True)
-    (f / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
