@@ -1,7 +1,7 @@
 """What each testbed factor does, measured on one reproduce.py seed (its data, SFT and RM; story task, tiny preset):
 
-  1. prompt-dependent annotator noise: the same prompts and demonstrations labelled with --noisy-share 0.25, an RM
-     trained on them from the same SFT; its gold accuracy on the noisy families' pairs against the others', and the
+  1. prompt-dependent annotator noise: the same prompts and demonstrations labelled with --noisy-share 0.25 (flip rate
+     0.45 there: coin flips; 0.9: mostly inverted), an RM trained on each from the same SFT; its gold accuracy on the noisy families' pairs against the others', and the
      spread of its accuracy over families, beside the default RM's;
   2. D from SFT samples: an RM trained on pairs of two SFT samples (train_rm.py --pairs-from sft) on the same prompts;
      its gold accuracy on SFT-sample pairs of held-out prompts (sft_pairs/gold_accuracy) beside the default RM's;
@@ -54,16 +54,20 @@ def main():
     run = Path(a.run).resolve()
     s0, f = run / "s0", run / "factors"
     sft, threads = str(s0 / "sft" / "ckpt"), ["--threads", str(a.threads)]
-    step(f / "data_noisy", "prepare_data.py", "--task", "story", "--out", str(f / "data_noisy"), "--noisy-share", "0.25")
     rm = ["train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", sft, "--normalize", *threads]
-    step(f / "rm_noisy", *rm, "--data", str(f / "data_noisy"), "--out", str(f / "rm_noisy"))
+    for tag, flip in (("", "0.45"), ("90", "0.9")):  # coin-flip labels there; mostly inverted labels there
+        step(f / f"data_noisy{tag}", "prepare_data.py", "--task", "story", "--out", str(f / f"data_noisy{tag}"),
+             "--noisy-share", "0.25", "--noisy-flip-rate", flip)
+        step(f / f"rm_noisy{tag}", *rm, "--data", str(f / f"data_noisy{tag}"), "--out", str(f / f"rm_noisy{tag}"))
     step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
     mixed = not a.skip_difficulty
     if mixed:
         difficulty_runs(f, threads)
 
     diag = {name: json.loads((d / "diagnostics.json").read_text())
-            for name, d in (("default RM", s0 / "rm"), ("noisy-family labels", f / "rm_noisy"), ("D from SFT samples", f / "rm_sftD"))}
+            for name, d in (("default RM", s0 / "rm"), ("noisy families, flip 0.45", f / "rm_noisy"),
+                            ("noisy families, flip 0.9", f / "rm_noisy90"), ("D from SFT samples", f / "rm_sftD"))
+            if (d / "diagnostics.json").exists()}
     g = lambda d, k: f"{d[k]:.3f}" if isinstance(d.get(k), float) else "-"  # noqa: E731
     lines = ["| RM | gold acc., held-out pairs of its D | noisy families | other families | std over families | "
              "gold acc., SFT-sample pairs | noisy | other | std over families |", "|---|---|---|---|---|---|---|---|---|"]
