@@ -24,7 +24,6 @@ evaluation, prints and writes checkpoints and metrics.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -130,16 +129,15 @@ from rlhf.checkpoint import last_good, load_model
 from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location
 from rlhf.device import check_memory, clock, oom_guard, peak_memory
-from rlhf.evaluation import check_same_tokenizer, evaluate_policy
-from rlhf.metrics import pearson
-from rlhf.model import ScalarModel, last_token_index
+from rlhf.evaluation import check_same_tokenizer, evaluate_policy, rollout_mechanisms
+from rlhf.model import ScalarModel
 from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.ppo import (AdaptiveKLController, FixedKLController, gae, grpo_advantages, masked_var, rloo_advantages, sequence_kl,
                        shaped_rewards, whiten)
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
-from rlhf.reward import aggregate_baselines, baseline_variance, contrastive_reward, load_baselines, score_rollout, weak_rm_warning
+from rlhf.reward import aggregate_baselines, baseline_rows, baseline_variance, contrastive_reward, load_baselines, score_rollout, weak_rm_warning
 from rlhf.run import MetricsWriter, run_cli, run_finished, start_run
 from rlhf.sampling import check_prompts_fit, response_logprobs, response_values, sample
 
@@ -221,8 +219,8 @@ def main(argv=None):
         if shift:
             m["value/init_shift"] = shift
         if baselines is not None and min(len(b) for b in baselines.values()) >= 2:  # what the baseline carries
-            rows = torch.stack([baselines[p] for p in dict.fromkeys(rl_prompts)])
-            m["baseline/between_prompt_var"], m["baseline/within_prompt_var_over_k"] = baseline_variance(rows)
+            m["baseline/between_prompt_var"], m["baseline/within_prompt_var_over_k"] = baseline_variance(
+                baseline_rows(baselines, rl_prompts))
         metrics.log(0, m)
         print("before PPO: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
     B = args.batch_size
@@ -271,7 +269,8 @@ def main(argv=None):
             else:  # one advantage per sequence from its prompt's group, on every response token (no critic)
                 rewards, advantages, returns = group_advantages(args, scores, old_logprobs, ref_logprobs, rmask, kl_ctl.value, P, k)
             adv_var = masked_var(advantages, rmask).item()
-            mech = mechanism_stats(args, task, roll, scores, advantages, old_values if value is not None else None, returns, rmask)
+            mech = rollout_mechanisms(args.reward == "contrastive", task, roll, scores, advantages,
+                                      old_values if value is not None else None, returns, rmask)
             if args.whiten_advantages and args.advantage == "gae":
                 advantages = whiten(advantages, rmask, reduce=distributed.all_reduce_sum)
             for name, x in (("policy log-probs", old_logprobs), ("reference log-probs", ref_logprobs), ("values", old_values),
@@ -374,34 +373,6 @@ def resolve_value_init(args) -> str:
     return args.value_init
 
 
-def mechanism_stats(args, task, roll, scores, advantages, values, returns, mask) -> dict:
-    """What each method's mechanism does to this iteration's rollouts (logged beside the losses; no randomness):
-      value/eos_error             mean V(EOS) - return(EOS): the critic's signed error where the score arrives (GAE)
-      contrastive/beats_baseline  share of rollouts whose score beats their prompt's baseline (--reward contrastive)
-      contrastive/adv_eos_corr    Pearson correlation of the advantage at EOS with score - baseline
-      rollout/gold, rollout/reward_gold_corr  (built-in task) mean gold of the training rollouts and the within-batch
-                                  correlation of the reward PPO maximises with gold
-    scores (B,) as PPO uses them (the contrastive reward under --reward contrastive), advantages / values / returns
-    (B, Tr) before whitening, mask (B, Tr)."""
-    eos = last_token_index(mask)
-    rows = torch.arange(len(eos), device=eos.device)
-    adv_eos = advantages[rows, eos].float().cpu()
-    out = {}
-    if values is not None:
-        out["value/eos_error"] = (values[rows, eos] - returns[rows, eos]).float().mean().item()
-    if args.reward == "contrastive":
-        cr = scores.float().cpu()
-        out["contrastive/beats_baseline"] = (cr > 0).float().mean().item()
-        out["contrastive/adv_eos_corr"] = pearson(adv_eos, cr)
-    if task is not None:
-        gold = [task.gold(p, t) for p, t in zip(roll.prompts, roll.texts)]
-        known = [i for i, x in enumerate(gold) if not math.isnan(x)]
-        if known:
-            out["rollout/gold"] = sum(gold[i] for i in known) / len(known)
-            out["rollout/reward_gold_corr"] = pearson(scores.float().cpu()[known], [gold[i] for i in known])
-    return out
-
-
 def group_advantages(args, scores, logprobs, ref_logprobs, mask, kl_coef: float, P: int, k: int):
     """--advantage rloo | grpo: the sequence advantage of each rollout from the k samples of its prompt (rows are
     prompt-major: prompt i's samples are rows i*k .. i*k+k-1), on every response token.
@@ -424,8 +395,7 @@ def initial_value_shift(args, value_init: str, baselines, rl_prompts: list[str])
     if not (args.reward == "contrastive" and value_init == "rm" and args.value_shift and args.advantage == "gae"
             and args.value_head == "separate"):
         return 0.0
-    rows = torch.stack([baselines[p] for p in dict.fromkeys(rl_prompts)])  # (P, k)
-    return aggregate_baselines(rows, args.baseline_agg).mean().item()
+    return aggregate_baselines(baseline_rows(baselines, rl_prompts), args.baseline_agg).mean().item()
 
 
 def value_function(args, value_init: str, policy, rm, dev, shift: float = 0.0):

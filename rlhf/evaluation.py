@@ -13,9 +13,10 @@ import math
 
 import torch
 
-from rlhf.metrics import bootstrap_ci, few_caveat, pair_accuracy, win_outcomes
+from rlhf.metrics import bootstrap_ci, few_caveat, pair_accuracy, pearson, win_outcomes
 from rlhf.ppo import sequence_kl
 from rlhf.reward import pairs_that_fit, policy_sample_pairs, rm_diagnostics, score_rollout, score_texts
+from rlhf.model import last_token_index
 from rlhf.sampling import Rollout, response_logprobs, sample
 
 
@@ -274,3 +275,31 @@ def format_diagnostics(d: dict) -> str:
     if "rm/gold_accuracy" not in d:
         lines.append("  no gold judge for this data: gold figures not available")
     return "\n".join(lines)
+
+
+def rollout_mechanisms(contrastive: bool, task, roll, scores, advantages, values, returns, mask) -> dict:
+    """What each method's mechanism does to this iteration's rollouts (logged beside the losses; no randomness):
+      value/eos_error             mean V(EOS) - return(EOS): the critic's signed error where the score arrives (GAE)
+      contrastive/beats_baseline  share of rollouts whose score beats their prompt's baseline (contrastive: --reward contrastive)
+      contrastive/adv_eos_corr    Pearson correlation of the advantage at EOS with score - baseline
+      rollout/gold, rollout/reward_gold_corr  (built-in task) mean gold of the training rollouts and the within-batch
+                                  correlation of the reward PPO maximises with gold
+    scores (B,) as PPO uses them (the contrastive reward under --reward contrastive), advantages / values / returns
+    (B, Tr) before whitening, mask (B, Tr)."""
+    eos = last_token_index(mask)
+    rows = torch.arange(len(eos), device=eos.device)
+    adv_eos = advantages[rows, eos].float().cpu()
+    out = {}
+    if values is not None:
+        out["value/eos_error"] = (values[rows, eos] - returns[rows, eos]).float().mean().item()
+    if contrastive:
+        cr = scores.float().cpu()
+        out["contrastive/beats_baseline"] = (cr > 0).float().mean().item()
+        out["contrastive/adv_eos_corr"] = pearson(adv_eos, cr)
+    if task is not None:
+        gold = [task.gold(p, t) for p, t in zip(roll.prompts, roll.texts)]
+        known = [i for i, x in enumerate(gold) if not math.isnan(x)]
+        if known:
+            out["rollout/gold"] = sum(gold[i] for i in known) / len(known)
+            out["rollout/reward_gold_corr"] = pearson(scores.float().cpu()[known], [gold[i] for i in known])
+    return out

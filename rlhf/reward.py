@@ -308,3 +308,8 @@ def load_baselines(path, rl_prompts: list[str]) -> dict[str, torch.Tensor]:
     if len(ks) > 1:
         raise ValueError(f"{path}: prompts have different numbers of baseline rewards ({sorted(ks)}); k must be the same")
     return table
+
+
+def baseline_rows(baselines: dict[str, torch.Tensor], prompts: list[str]) -> torch.Tensor:
+    """The baseline rewards of each distinct prompt, in first-seen order: load_baselines' table -> (P, k)."""
+    return torch.stack([baselines[p] for p in dict.fromkeys(prompts)])

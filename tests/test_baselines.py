@@ -94,17 +94,17 @@ def test_mechanism_stats_by_hand():
     """Two rollouts of lengths 2 and 1: EOS is token 1 and token 0; the value error and the contrastive figures there."""
     from types import SimpleNamespace
 
-    import train_ppo
+    from rlhf.evaluation import rollout_mechanisms
     mask = torch.tensor([[True, True], [True, False]])
     adv = torch.tensor([[0.5, 2.0], [-1.0, 0.0]])
     values, returns = torch.tensor([[0.0, 1.0], [0.5, 0.0]]), torch.tensor([[0.0, 3.0], [-0.5, 0.0]])
     roll = SimpleNamespace(prompts=["reverse : a b .", "reverse : a b ."], texts=["b a .", "a b ."])
     task = get_task("algo")
-    out = train_ppo.mechanism_stats(SimpleNamespace(reward="contrastive"), task, roll, torch.tensor([0.7, -0.2]), adv, values,
+    out = rollout_mechanisms(True, task, roll, torch.tensor([0.7, -0.2]), adv, values,
                                     returns, mask)
     assert out["value/eos_error"] == pytest.approx(((1.0 - 3.0) + (0.5 + 0.5)) / 2)
     assert out["contrastive/beats_baseline"] == 0.5 and out["contrastive/adv_eos_corr"] == pytest.approx(1.0)  # (2, -1) vs (0.7, -0.2)
     gold = [task.gold(p, t) for p, t in zip(roll.prompts, roll.texts)]
     assert gold[0] > gold[1] and out["rollout/gold"] == pytest.approx(sum(gold) / 2) and out["rollout/reward_gold_corr"] == pytest.approx(1.0)
-    plain = train_ppo.mechanism_stats(SimpleNamespace(reward="rm"), None, roll, torch.tensor([0.7, -0.2]), adv, None, returns, mask)
+    plain = rollout_mechanisms(False, None, roll, torch.tensor([0.7, -0.2]), adv, None, returns, mask)
     assert plain == {}  # no critic, no baseline, no gold judge: nothing to log
