@@ -42,18 +42,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.config import answer_help, arg, device_error, parse_args
-from rlhf.report import (LABELS, METHODS, curves, noise_table, plots, run_diagnostics, summarise, table, winrates,
-                         write_csv, write_text)
+from rlhf.report import (LABELS, METHODS, curves, frontier, frontier_plot, frontier_table, noise_table, paired_differences,
+                         paired_table, plots, run_diagnostics, summarise, table, winrates, write_csv, write_text)
 
 
 PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
+DEFAULT_KL_COEF = 0.05  # train_ppo.py's --kl-coef: runs at it keep their plain stage names and commands
 # What each preset changes beyond passing --preset to every script. Tiny: the README's settings.
 SETTINGS = {
     "smoke": dict(data=["--n-sft", "2000", "--n-pairs", "1000", "--n-rl", "32", "--n-unlabelled", "16", "--n-eval", "32"],
                   sft=["--steps", "120", "--n-eval", "0"], rm=["--n-policy-pairs", "0"], ppo=["--batch-size", "16"], dpo=[],
                   ppo_steps=6, eval_every=3, n_eval=32, k_baselines=2, n_rlp=4, group_size=4),
-    "tiny": dict(data=[], sft=[], rm=[], ppo=[], dpo=[], ppo_steps=40, eval_every=10, n_eval=400, k_baselines=4, n_rlp=10,
-                 group_size=4),
+    # 2,000 held-out prompts: a paired difference of 0.03 in win rate is then about 1.5 standard errors of the
+    # evaluation alone (the per-prompt outcome's sd is about 0.45), and sampling is the cheap stage
+    "tiny": dict(data=["--n-eval", "2000"], sft=[], rm=[], ppo=[], dpo=[], ppo_steps=40, eval_every=10, n_eval=2000,
+                 k_baselines=4, n_rlp=10, group_size=4),
     # one GPU (train_*.py's small presets; unmeasured): 2,000 held-out prompts
     "small": dict(data=["--n-eval", "2000"], sft=[], rm=[], ppo=[], dpo=[], ppo_steps=400, eval_every=25, n_eval=2000,
                   k_baselines=4, n_rlp=10, group_size=4),
@@ -82,6 +85,14 @@ class Args:
     pairs_from: str = arg("file", "every RM's preference data D: the demonstration pairs of prepare_data.py, or pairs of two SFT "
                           "samples on the same prompts (train_rm.py --pairs-from sft, as RLP's paper builds D; DPO keeps the file's)",
                           choices=["file", "sft"])
+    kl_coefs: str = arg(str(DEFAULT_KL_COEF), "comma-separated KL coefficients: every PPO-family method runs at each (the "
+                        "frontier: frontier.md, frontier.csv, frontier.png); the tables and the held-out evaluation use the first")
+    curve_every: int | None = arg(None, "held-out evaluation every N PPO iterations along each run (train_ppo.py --eval-every; "
+                                  "default: the preset's)", ge=1, le=10**9)
+    curve_prompts: int | None = arg(None, "held-out prompts of each of those evaluations (train_ppo.py --n-eval; default: "
+                                    "train_ppo.py's preset's)", ge=1, le=10**7)
+    delta: float = arg(0.03, "the smallest difference in gold win rate from PPO worth detecting: the decision column of the "
+                       "paired table (supported / not supported / inconclusive)", gt=0.0, le=1.0)
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
     threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
@@ -197,19 +208,23 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
         sft = st(f"{tag}sft", "train_sft.py", *pre, "--data", data, *cfg["sft"], "--out", d / "sft", out=d / "sft") / "ckpt"
     rm = st(f"{tag}rm", "train_rm.py", *pre, "--data", data, "--sft", sft, *rm_flags, "--out", d / "rm", out=d / "rm") / "ckpt"
     ppo_seeds = [seed + p * args.seeds for p in range(args.ppo_seeds)]
-    runs = {m: [(seed, m, None, rm)] for m in ("sft", "best_of_n") if m in methods}  # method -> (seed, name, dir, RM)
+    coefs = parse_coefs(args.kl_coefs)
+    curve = ["--eval-every", args.curve_every or cfg["eval_every"], *(["--n-eval", args.curve_prompts] if args.curve_prompts else [])]
+    # method -> (seed, name, dir, RM, KL coefficient); the table's runs are those at coefs[0]
+    runs = {m: [(seed, m, None, rm, None)] for m in ("sft", "best_of_n") if m in methods}
 
     def ppo(m: str, run_rm: Path, *flags, first_only: bool = False):
-        for ps in ppo_seeds[:1] if first_only else ppo_seeds:
-            name = m if ps == seed else f"{m}_ps{ps}"
-            st(f"{tag}{name}", "train_ppo.py", "--preset", args.preset, "--seed", ps, "--data", data, "--sft", sft,
-               "--steps", steps, "--eval-every", cfg["eval_every"], *cfg["ppo"], "--rm", run_rm, *flags,
-               "--out", d / name, out=d / name)
-            runs.setdefault(m, []).append((ps, name, d / name, run_rm))
+        for c in coefs[:1] if first_only else coefs:
+            for ps in ppo_seeds[:1] if first_only else ppo_seeds:
+                name = run_name(m, seed, ps, c)
+                st(f"{tag}{name}", "train_ppo.py", "--preset", args.preset, "--seed", ps, "--data", data, "--sft", sft,
+                   "--steps", steps, *curve, *cfg["ppo"], "--rm", run_rm, *flags,
+                   *(["--kl-coef", c] if c != DEFAULT_KL_COEF else []), "--out", d / name, out=d / name)
+                runs.setdefault(m, []).append((ps, name, d / name, run_rm, c))
 
     if "dpo" in methods:  # the RM's pairs and held-out split, from SFT with SFT as the reference (train_dpo.py's epochs)
         st(f"{tag}dpo", "train_dpo.py", *pre, "--data", data, "--sft", sft, *cfg["dpo"], "--out", d / "dpo", out=d / "dpo")
-        runs["dpo"] = [(seed, "dpo", d / "dpo", rm)]
+        runs["dpo"] = [(seed, "dpo", d / "dpo", rm, None)]
     for m in ("rloo", "grpo"):  # the same --batch-size rollouts an iteration as PPO: batch / k prompts x k samples
         if m in methods:
             ppo(m, rm, "--advantage", m, "--group-size", cfg["group_size"])
@@ -220,7 +235,7 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
                   "--k", cfg["k_baselines"], "--seed", seed, "--out", d / "baselines.jsonl", out=d / "baselines.jsonl", kind="samples")
         ppo("contrastive", rm, "--reward", "contrastive", "--baselines", base)
     if "rlp_uml" in methods or "rlp_spg" in methods:
-        samples = st(f"{tag}rlp_samples", "sample_baselines.py", "--policy", d / "ppo" / "ckpt", "--rm", rm, "--prompts",
+        samples = st(f"{tag}rlp_samples", "sample_baselines.py", "--policy", d / run_name("ppo", seed, seed, coefs[0]) / "ckpt", "--rm", rm, "--prompts",
                      data / "prompts_unlabelled.jsonl", "--k", cfg["n_rlp"], "--temperature", 1.0, "--seed", seed,
                      "--out", d / "rlp_samples.jsonl", out=d / "rlp_samples.jsonl", kind="samples")
         for m, flags in (("rlp_uml", ["--uml-weight", args.uml_weight]), ("rlp_spg", ["--spg-gamma", args.spg_gamma])):
@@ -232,15 +247,23 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
         ppo("oracle", rm, "--reward", "gold")
     records = []
     for m in methods:
-        for ps, name, run_dir, run_rm in runs[m]:
-            extra = ["--best-of-n", args.best_of_n] if m == "best_of_n" else []
-            label = f"{m}-s{seed}" + (f"-ps{ps}" if ps != seed else "")
-            ev = st(f"{tag}eval_{name}", "evaluate.py", "--policy", run_dir / "ckpt" if run_dir else sft, "--reference", sft,
-                    "--rm", rm, "--data", data, "--n-eval", cfg["n_eval"], "--seed", seed, *extra,
-                    "--out", d / "eval" / f"{name}.json", "--name", label, out=d / "eval" / f"{name}.json", kind="eval")
-            records.append({"method": m, "seed": seed, "run_seed": ps, "flip_rate": flip_rate, "eval": ev,
+        for ps, name, run_dir, run_rm, c in runs[m]:
+            ev = None
+            if c is None or c == coefs[0]:  # the other coefficients' runs: their logged evaluations (the frontier) only
+                extra = ["--best-of-n", args.best_of_n] if m == "best_of_n" else []
+                label = f"{m}-s{seed}" + (f"-ps{ps}" if ps != seed else "")
+                ev = st(f"{tag}eval_{name}", "evaluate.py", "--policy", run_dir / "ckpt" if run_dir else sft, "--reference", sft,
+                        "--rm", rm, "--data", data, "--n-eval", cfg["n_eval"], "--seed", seed, *extra,
+                        "--out", d / "eval" / f"{name}.json", "--name", label, out=d / "eval" / f"{name}.json", kind="eval")
+            records.append({"method": m, "seed": seed, "run_seed": ps, "flip_rate": flip_rate, "eval": ev, "kl_coef": c,
                             "rm": Path(run_rm).parent, "dir": run_dir if m in PPO_FAMILY else None})
     return records
+
+
+def run_name(m: str, seed: int, ps: int, kl_coef: float) -> str:
+    """A PPO-family run's directory and stage name: the method, then _kl<c> off train_ppo.py's default coefficient,
+    then _ps<ps> for PPO seeds after the seed's first (so the one-coefficient, one-PPO-seed names stay as they were)."""
+    return m + (f"_kl{kl_coef:g}" if kl_coef != DEFAULT_KL_COEF else "") + (f"_ps{ps}" if ps != seed else "")
 
 
 def run_all(st, args, methods: list[str], levels: list[float]) -> dict:
@@ -294,6 +317,16 @@ def parse_methods(text: str) -> list[str]:
     return [m for m in METHODS if m in methods]  # table order
 
 
+def parse_coefs(text: str) -> list[float]:
+    try:
+        coefs = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --kl-coefs: {text!r} is not a comma-separated list of numbers") from None
+    if not coefs or any(not 0.0 <= c <= 100.0 for c in coefs) or len(set(coefs)) < len(coefs):
+        raise SystemExit(f"error: --kl-coefs: each coefficient must be in [0, 100], each once, got {text!r}")
+    return coefs
+
+
 def parse_levels(text: str) -> list[float]:
     try:
         levels = [float(x) for x in text.split(",") if x.strip()]
@@ -308,6 +341,7 @@ def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
     methods = parse_methods(args.methods)
     levels = parse_levels(args.noise_levels) if args.noise_sweep else []
+    coefs = parse_coefs(args.kl_coefs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
@@ -315,29 +349,41 @@ def main(argv=None):
     t0 = time.time()
     records = run_all(st, args, methods, levels)
     st.bar.close()
-    base = records.pop(None)
+    runs = records.pop(None)
+    base = [r for r in runs if r["eval"] is not None]  # the table's runs: at the first KL coefficient
     summary = summarise(by_method(base, methods, "eval"), seed_of=by_method(base, methods, "seed"))
     sft_evals = {r["seed"]: r["eval"] for r in base if r["method"] == "sft"}
-    curve_rows = curves([r for r in base if r["dir"]], sft_evals)
+    curve_rows = curves([r for r in runs if r["dir"]], sft_evals)
     write_csv(out / "curves.csv", curve_rows)
     write_csv(out / "winrates.csv", winrates(summary, by_method(base, methods, "run_seed")))
-    write_csv(out / "runs.csv", run_diagnostics([r for recs in (base, *records.values()) for r in recs if r["dir"]]))
+    write_csv(out / "runs.csv", run_diagnostics([r for recs in (runs, *records.values()) for r in recs if r["dir"]]))
+    paired = paired_differences(base, delta=args.delta) if "ppo" in methods else {}
+    frontier_runs, frontier_rows = frontier(curve_rows)
+    write_csv(out / "frontier.csv", frontier_runs)
     wall = time.time() - t0
     header = (f"task {args.task}, preset {args.preset}, {args.seeds} seed(s)"
               f"{f' x {args.ppo_seeds} PPO seeds' if args.ppo_seeds > 1 else ''}, {SETTINGS[args.preset]['n_eval']} held-out prompts; "
-              f"PPO {args.ppo_steps or SETTINGS[args.preset]['ppo_steps']} iterations; best-of-{args.best_of_n}"
+              f"PPO {args.ppo_steps or SETTINGS[args.preset]['ppo_steps']} iterations at KL coefficient {coefs[0]:g}"
+              + (f" (frontier also at {', '.join(f'{c:g}' for c in coefs[1:])})" if len(coefs) > 1 else "")
+              + f"; best-of-{args.best_of_n}"
               + (f"; RLOO and GRPO: the same rollouts an iteration and the same iterations as PPO, in groups of "
                  f"{SETTINGS[args.preset]['group_size']} samples a prompt" if {"rloo", "grpo"} & set(methods) else "")
               + ("; DPO: one epoch over the RM's training pairs" if "dpo" in methods else "") + "\n\n")
     warnings = no_op_warnings(base)
     md = header + table({LABELS[m] + (f" ({warnings[m]})" if m in warnings else ""): s for m, s in summary.items()})
+    if paired:
+        md += ("\n### Difference from PPO, paired (the same data, SFT, RM, prompts and seeds)\n\n" + paired_table(paired, delta=args.delta))
+    if frontier_rows:
+        md += ("\n### The frontier: each PPO-family run's logged held-out evaluations read at fixed KL (missing: never reached)\n\n"
+               + frontier_table(frontier_rows))
     results = {"config": {**vars(args), "methods": methods}, "methods": summary,
                "stage_seconds": {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))
                                  if not p.name.endswith(".pending.json")},
                "wall_seconds_this_call": round(wall, 1), "stages_run": st.ran, "stages_reused": st.reused,
-               "warnings": warnings}
+               "warnings": warnings, "paired": paired, "frontier": frontier_rows}
     if levels:
         fam = [m for m in methods if m in PPO_FAMILY]
+        records = {lvl: [r for r in recs if r["eval"] is not None] for lvl, recs in records.items()}
         noise = {lvl: summarise(by_method(recs, fam, "eval"), seed_of=by_method(recs, fam, "seed"))
                  for lvl, recs in records.items() if recs}
         write_text(out / "noise_table.md", header + noise_table(noise))
@@ -347,6 +393,7 @@ def main(argv=None):
     write_text(out / "table.md", md)
     print(md)
     print(plots(out, curve_rows, summary))
+    print(frontier_plot(out, curve_rows))
     print(f"{st.ran} stage(s) run, {st.reused} reused, {wall / 60:.1f} min; {out}/table.md, results.json, curves.csv")
 
 

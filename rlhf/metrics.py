@@ -4,6 +4,7 @@ Shapes: N items (prompts or pairs).
 """
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 
@@ -71,6 +72,7 @@ def pearson(x, y) -> float:
     return 0.0 if denom == 0 else (x * y).sum().div(denom).item()
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(q: float, df: int) -> float:
     """The q-quantile (0.5 < q < 1) of Student's t with df degrees of freedom, by bisection on its CDF:
         CDF(t) = 1/2 + integral_0^t c (1 + x^2 / df)^(-(df + 1) / 2) dx,  c = Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2))
@@ -101,3 +103,65 @@ def mean_t_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
     m = sum(v) / len(v)
     half = t_quantile(1 - alpha / 2, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
     return m, m - half, m + half
+
+
+def paired_bootstrap(diffs_by_run, n_boot: int = 4000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+    """Per-prompt paired bootstrap of a difference between two methods, pooled over runs (seeds):
+
+        stat = (1 / S) * sum_s mean_i d_{s,i},   d_{s,i} = (method's outcome - PPO's) on prompt i of run pair s
+    Each replicate resamples the prompts of every run pair with replacement, separately (stratified by run pair), so
+    the interval is the evaluation's noise given the trained policies: it leaves out the seed-to-seed noise of
+    training, which the t-interval over seeds (mean_t_interval) keeps.
+    diffs_by_run: S lists of per-prompt differences -> (stat, lo, hi) of the (1 - alpha) percentile interval"""
+    runs = [torch.as_tensor(d, dtype=torch.float64) for d in diffs_by_run]
+    if not runs or any(d.numel() == 0 for d in runs):
+        raise ValueError("paired_bootstrap needs at least one run pair, each with at least one prompt")
+    g = torch.Generator().manual_seed(seed)
+    reps = torch.zeros(n_boot, dtype=torch.float64)
+    for d in runs:
+        reps += d[torch.randint(0, d.numel(), (n_boot, d.numel()), generator=g)].mean(1)
+    reps /= len(runs)
+    stat = sum(d.mean().item() for d in runs) / len(runs)
+    return stat, torch.quantile(reps, alpha / 2).item(), torch.quantile(reps, 1 - alpha / 2).item()
+
+
+def detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test over n units with difference sd `sd` detects
+    with probability `power` at level alpha (the usual approximation, ignoring the far tail):
+
+        delta = (t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)"""
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 units (got {n})")
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def units_needed(sd: float, delta: float, alpha: float = 0.05, power: float = 0.8, most: int = 10**5) -> int | None:
+    """The fewest units (seeds) n >= 2 with detectable_difference(sd, n) <= delta: the power calculation of a
+    pre-registered paired comparison. None when even `most` units do not reach it. (The detectable difference
+    falls as n grows, so: double n until it is reached, then bisect.)"""
+    ok = lambda n: detectable_difference(sd, n, alpha, power) <= delta  # noqa: E731
+    hi = 2
+    while not ok(hi):
+        if hi >= most:
+            return None
+        hi = min(2 * hi, most)
+    lo = max(2, hi // 2)  # lo fails (or is 2), hi passes
+    if ok(lo):
+        return lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def decide(lo: float, hi: float, delta: float) -> str:
+    """The pre-registered decision on "the method improves on PPO" from the 95% interval [lo, hi] of its difference
+    from PPO and the smallest effect of interest delta:
+        supported      lo > 0           (the whole interval is an improvement)
+        not supported  hi < delta       (an improvement as large as delta is ruled out; this includes worse)
+        inconclusive   otherwise        (the interval holds 0 and reaches delta: more seeds needed)"""
+    if lo > 0:
+        return "supported"
+    if hi < delta:
+        return "not supported"
+    return "inconclusive"

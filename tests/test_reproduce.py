@@ -38,20 +38,30 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert third["stages_run"] == 1  # only best-of-n's evaluation changed
     assert "matplotlib" in p.stdout or "png" in p.stdout
 
-    # SIGKILL mid-way (in the RM stage), then the same command: it resumes and ends with the same SFT row
+    assert res["paired"]["contrastive"]["units"] == 1 and "Difference from PPO, paired" in table
+    assert {r["method"] for r in res["frontier"]} == {"ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"}
+
+    # a KL sweep, SIGKILLed in its second coefficient's PPO stage, then the same command: it reruns no finished
+    # stage, resumes the killed one, and ends with the same SFT and PPO rows as the run above
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "reproduce.py", "--preset", "smoke", "--task", "algo", "--methods", "sft", "--out", str(killed)]
+    cmd = [sys.executable, "reproduce.py", "--preset", "smoke", "--task", "algo", "--methods", "sft,ppo",
+           "--kl-coefs", "0.05,0.5", "--out", str(killed)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not (killed / "s0" / "rm" / "config.json").exists() and proc.poll() is None and time.time() < deadline:
+    while not (killed / "s0" / "ppo_kl0.5" / "config.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
-    assert proc.poll() is None, "reproduce.py ended before it could be killed in the RM stage"
+    assert proc.poll() is None, "reproduce.py ended before it could be killed in the second coefficient's PPO stage"
     proc.kill()
     proc.wait()
-    assert not (killed / "results.json").exists() and not (killed / "stages" / "s0_rm.json").exists()
-    run("reproduce.py", "--preset", "smoke", "--task", "algo", "--methods", "sft", "--out", str(killed))
-    assert (killed / "logs" / "s0_rm.log").read_text().splitlines()[0].endswith("--resume")
-    assert json.loads((killed / "results.json").read_text())["methods"]["sft"] == res["methods"]["sft"]
+    finished = {p.name for p in (killed / "stages").glob("*.json") if not p.name.endswith(".pending.json")}
+    assert finished == {"s0_data.json", "s0_sft.json", "s0_rm.json", "s0_ppo.json"} and not (killed / "results.json").exists()
+    run(*cmd[1:])
+    swept = json.loads((killed / "results.json").read_text())
+    assert swept["stages_reused"] == 4 and swept["stages_run"] == 3  # the killed PPO run, then the two evaluations
+    assert (killed / "logs" / "s0_ppo_kl0.5.log").read_text().splitlines()[0].endswith("--resume")
+    assert swept["methods"]["sft"] == res["methods"]["sft"] and swept["methods"]["ppo"] == res["methods"]["ppo"]
+    assert sorted(r["kl_coef"] for r in swept["frontier"]) == [0.05, 0.5]
+    assert "KL coefficient 0.05 (frontier also at 0.5)" in (killed / "table.md").read_text()
 
 
 def test_reproduce_rejects_unknown_method(tmp_path):
@@ -59,6 +69,9 @@ def test_reproduce_rejects_unknown_method(tmp_path):
     assert p.returncode != 0 and "--methods" in p.stderr + p.stdout and "kto" in p.stderr + p.stdout
     p = run("reproduce.py", "--noise-sweep", "--noise-levels", "0.1,0.9", "--out", str(tmp_path / "y"), check=False)
     assert p.returncode != 0 and "[0, 0.5]" in p.stderr + p.stdout
+    for bad in ("0.05,x", "0.05,0.05", "-1"):
+        p = run("reproduce.py", "--kl-coefs", bad, "--out", str(tmp_path / "bad"), check=False)
+        assert p.returncode != 0 and "--kl-coefs" in p.stderr + p.stdout, bad
 
 
 def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch):
@@ -174,3 +187,17 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["sft"], [])
     data = next(c for c in cmds if c[0] == "prepare_data.py")
     assert [data[data.index(f) + 1] for f in ("--noisy-share", "--attributes", "--unlabelled-ratio")] == ["0.25", "1-4", "2.0"]
+    # a KL sweep: every PPO-family method at each coefficient (train_ppo.py's default keeps its plain name and command),
+    # the held-out evaluation only at the first one, the RLP samples from its PPO run
+    for coefs, first in (("0.05,0.2", "ppo"), ("0.2,0.05", "ppo_kl0.2")):
+        args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / coefs), "--methods", "sft,ppo,rlp_uml", "--kl-coefs", coefs])
+        cmds.clear()
+        reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["sft", "ppo", "rlp_uml"], [])
+        ppo = {Path(c[c.index("--out") + 1]).name: c for c in cmds if c[0] == "train_ppo.py"}
+        assert set(ppo) == {"ppo", "ppo_kl0.2", "rlp_uml", "rlp_uml_kl0.2"}
+        assert "--kl-coef" not in ppo["ppo"] and ppo["ppo_kl0.2"][ppo["ppo_kl0.2"].index("--kl-coef") + 1] == "0.2"
+        evals = [Path(c[c.index("--out") + 1]).name for c in cmds if c[0] == "evaluate.py"]
+        assert evals == ["sft.json", f"{first}.json", f"rlp_uml{first[3:]}.json"]
+        samples = next(c for c in cmds if "prompts_unlabelled.jsonl" in " ".join(c))
+        assert samples[samples.index("--policy") + 1] == str(tmp_path / coefs / "s0" / first / "ckpt")
+
