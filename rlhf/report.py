@@ -373,7 +373,7 @@ def frontier_plot(out: Path, curve_rows: list[dict], points: int = 60) -> str:
             if not xs:
                 continue
             color = f"C{METHODS.index(m)}"
-            ax.plot(xs, [statistics.fmean(c) for c in cols], color=color, label=f"{LABELS[m]} ({len(per_seed)} seeds)")
+            ax.plot(xs, [statistics.fmean(c) for c in cols], color=color, label=f"{LABELS[m]} ({len(per_seed)} runs)")
             if len(per_seed) > 1:
                 ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2)
         ax.set_xlabel("KL(policy || SFT), nats per response")
