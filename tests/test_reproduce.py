@@ -25,7 +25,7 @@ def test_reproduce_smoke_end_to_end(tmp_path):
     assert res["methods"]["sft"]["objective/kl"]["mean"] == 0.0  # the SFT policy against itself
     assert res["methods"]["sft"]["proxy/gain"]["mean"] == 0.0
     curve = (out / "curves.csv").read_text().splitlines()
-    assert curve[0] == "method,seed,step,kl,gold,proxy" and len(curve) > 1 + 5 * 2
+    assert curve[0] == "method,seed,step,kl,gold,proxy,kl_coef,pipeline_seed" and len(curve) > 1 + 5 * 2
     assert res["stages_reused"] == 0 and res["stages_run"] > 10
     # a second call finds every stage's record and reruns nothing; a changed setting reruns only what it touches
     p = run("reproduce.py", "--preset", "smoke", "--task", "algo", "--out", str(out),
