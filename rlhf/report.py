@@ -302,28 +302,52 @@ def _save(fig, path: Path) -> None:
     Path(f"{path}.tmp.png").replace(path)
 
 
-def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
-    """curves.png and winrates.png with matplotlib, or a line saying how to get them."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _gold_and_proxy_axes(axes) -> None:
+    for ax, key in zip(axes, ("gold", "proxy")):
+        ax.set_xlabel("KL(policy || SFT), nats per response")
+        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the run's start\n(the RM each run trained against)")
+        ax.legend(fontsize=7)
+
+
+def _runs(curve_rows: list[dict], m: str) -> dict:
+    """Method m's curves.csv rows by run: (pipeline seed, seed) -> KL coefficient -> rows."""
+    runs = {}
+    for r in curve_rows:
+        if r["method"] == m:
+            runs.setdefault((r.get("pipeline_seed"), r["seed"]), {}).setdefault(r.get("kl_coef"), []).append(r)
+    return runs
+
+
+def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
+    """curves.png and winrates.png with matplotlib, or a line saying how to get them."""
+    plt = _pyplot()
+    if plt is None:
         return "matplotlib is not installed: wrote the CSVs only (pip install -r requirements-plot.txt for the PNGs)"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, ("gold", "proxy")):
         for m in dict.fromkeys(r["method"] for r in curve_rows):
-            for seed in sorted({r["seed"] for r in curve_rows if r["method"] == m}):
-                pts = [(r["kl"], r[key]) for r in sorted(curve_rows, key=lambda r: r["step"])  # in training order
-                       if r["method"] == m and r["seed"] == seed and r[key] not in (None, "")]
-                if pts and key == "proxy":  # each run's RM has its own offset: plot the gain since the run's start
-                    pts = [(kl, y - pts[0][1]) for kl, y in pts]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", label=LABELS[m] if seed == 0 else None,
-                            color=f"C{METHODS.index(m)}", alpha=0.8)
-        ax.set_xlabel("KL(policy || SFT), nats per response")
-        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the run's start\n(the RM each run trained against)")
-        ax.legend(fontsize=7)
+            first = True
+            for by_coef in _runs(curve_rows, m).values():  # one line per run: each seed at each KL coefficient
+                for rows in by_coef.values():
+                    pts = run_curve(rows, key)
+                    if pts and key == "proxy":  # each run's RM has its own offset: plot the gain since the run's start
+                        pts = [(kl, y - pts[0][1]) for kl, y in pts]
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o", label=LABELS[m] if first else None,
+                                color=f"C{METHODS.index(m)}", alpha=0.8)
+                        first = False
+    _gold_and_proxy_axes(axes)
     _save(fig, out / "curves.png")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(summary)
@@ -344,21 +368,14 @@ def frontier_plot(out: Path, curve_rows: list[dict], points: int = 60) -> str:
     """frontier.png: per method, gold (left) and the proxy's gain since the start (right) against KL, as the upper
     envelope over the run's KL coefficients (rlhf.frontier.envelope) of each seed; the line is the mean over seeds
     and the band their range, drawn up to the largest KL every seed reached (Gao et al. 2022's picture)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return "matplotlib is not installed: frontier.csv only (pip install -r requirements-plot.txt for frontier.png)"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key in zip(axes, ("gold", "proxy")):
         for m in dict.fromkeys(r["method"] for r in curve_rows):
-            seeds = {}
-            for r in curve_rows:
-                if r["method"] == m:
-                    seeds.setdefault((r.get("pipeline_seed"), r["seed"]), {}).setdefault(r.get("kl_coef"), []).append(r)
             per_seed = []
-            for by_coef in seeds.values():
+            for by_coef in _runs(curve_rows, m).values():
                 cs = [run_curve(rows, key) for rows in by_coef.values()]
                 cs = [[(kl, v - c[0][1]) for kl, v in c] if key == "proxy" else c for c in cs if c]  # each RM its own offset
                 if cs:
@@ -376,9 +393,7 @@ def frontier_plot(out: Path, curve_rows: list[dict], points: int = 60) -> str:
             ax.plot(xs, [statistics.fmean(c) for c in cols], color=color, label=f"{LABELS[m]} ({len(per_seed)} runs)")
             if len(per_seed) > 1:
                 ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2)
-        ax.set_xlabel("KL(policy || SFT), nats per response")
-        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the start\n(the RM each run trained against)")
-        ax.legend(fontsize=7)
+    _gold_and_proxy_axes(axes)
     _save(fig, out / "frontier.png")
     plt.close("all")
     return "wrote frontier.png"
