@@ -152,3 +152,26 @@ def test_right_padding_fast_path_matches_general_mask():
     mixed = torch.cat([torch.zeros(2, 1), mask], 1)  # one left pad forces the general masked path
     slow = model(torch.cat([torch.zeros(2, 1, dtype=torch.long), x], 1), mixed)[:, 1:]
     torch.testing.assert_close(fast[mask.bool()], slow[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_compacting_finished_rows_changes_no_sample(monkeypatch):
+    """generate drops rows that emitted EOS from the batch and the KV cache (compact=True): every row's tokens, the
+    mask and the generator's state afterwards are those of compact=False, and the batch did shrink."""
+    from rlhf import model as model_module
+    model = _model(1)
+    with torch.no_grad():
+        model.wte.weight[EOS] *= 6.0  # EOS likely: rows stop at many different steps
+    ids, mask = torch.randint(2, 50, (40, 6)), torch.ones(40, 6)
+    mask[:7, :3] = 0  # left padding on some rows
+    kept = []
+    real_keep = model_module.KVCache.keep
+    monkeypatch.setattr(model_module.KVCache, "keep", lambda self, rows: (kept.append(len(rows)), real_keep(self, rows)))
+    for temperature in (1.0, 0.7, 0.0):
+        runs = []
+        for compact in (False, True):
+            g = torch.Generator().manual_seed(4)
+            out, m = generate(model, ids, mask, 40, EOS, PAD, temperature=temperature, generator=g, compact=compact)
+            runs.append((out, m, torch.rand(3, generator=g)))
+        assert all(torch.equal(x, y) for x, y in zip(*runs))
+        assert 0 < runs[0][1].sum(1).min() < runs[0][1].sum(1).max()  # rows of different lengths
+    assert kept and min(kept) >= model_module.COMPACT_MIN_ROWS and max(kept) < 40
