@@ -15,9 +15,14 @@ no gold judge and only RM-based figures are reported.
 
 Writes --out (the metrics as JSON, with this run's arguments) and beside it <out stem>.samples.jsonl
 (prompt, responses, rewards = gold or else proxy, plus ref_response, gold, proxy, kl); prints a markdown row.
+The reference's samples do not depend on the policy: --reference-samples reuses those of an earlier evaluation
+(reproduce.py passes the SFT row's to every other row of a seed), checked by a fingerprint of everything that
+draws them, so the figures are the same as sampling again.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +43,10 @@ class Args(DataArgs, DeviceArgs):
     onpolicy_samples: int = arg(2, "the RM's gold accuracy over all C(n, 2) pairs of n policy samples per prompt "
                                 "(rm/onpolicy_gold_accuracy; with --best-of-n: two raw candidates; 0: off)", ge=0, le=64)
     seed: int = arg(0, "sampling seed (the reference uses seed + 1)", ge=0, le=2**32 - 1)
+    reference_samples: str | None = arg(None, "an earlier evaluate.py metrics JSON: reuse the reference's samples beside it when they "
+                                        "were drawn exactly as this call would draw them (same reference weights, prompts, seed, "
+                                        "temperature, length, batch size, dtype, device, threads); otherwise sample the reference "
+                                        "again", reads=True)
     batch_size: int = arg(64, "prompts per generate / scoring call", ge=1, le=2**20)
     out: str = arg("runs/eval.json", "metrics JSON; samples go beside it as <stem>.samples.jsonl")
     name: str | None = arg(None, "row label in the table (default: the policy path)")
@@ -45,8 +54,10 @@ class Args(DataArgs, DeviceArgs):
 # `--help` answers here, from Args alone: the imports below load torch and take seconds
 answer_help(__name__, Args, description=__doc__.split("\n")[0])
 
+import torch
+
 from rlhf import tasks
-from rlhf.checkpoint import load_model
+from rlhf.checkpoint import load_model, weights_digest
 from rlhf.run import run_cli, start_script
 from rlhf.formats import data_format
 from rlhf.data import read_json, read_jsonl, record_location, write_json, write_jsonl
@@ -59,6 +70,38 @@ from rlhf.sampling import check_prompts_fit
 def fmt(m: dict, key: str, digits: int = 3) -> str:
     v = m.get(key)
     return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def reference_key(args, prompts: list[str], max_new: int, dev) -> str:
+    """A digest of everything that decides the reference's samples: its weights, the prompts, the seed, the
+    temperature, the length, the batch size (the generator runs batch by batch), dtype, device and threads (rounding)."""
+    what = {"weights": weights_digest(args.reference), "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+            "seed": args.seed + 1, "temperature": args.temperature, "max_new_tokens": max_new, "batch_size": args.batch_size,
+            "dtype": args.dtype, "device": str(dev), "threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reused_reference(path: str | None, key: str, prompts: list[str]) -> list[str] | None:
+    """The reference texts of the evaluation whose metrics JSON is `path` when its reference_key is `key` (and its
+    samples file holds one ref_response per prompt, in order); else None (said), and the caller samples them."""
+    if path is None:
+        return None
+    metrics_path = Path(path)
+    samples_path = metrics_path.with_name(metrics_path.stem + ".samples.jsonl")
+    old = read_json(metrics_path)
+    if old.get("reference_key") != key or not samples_path.exists():
+        print(f"note: --reference-samples {path}: drawn otherwise (another reference, prompts, seed or setting); sampling the reference")
+        return None
+    try:  # written by evaluate.py itself (atomically); anything else is not reused
+        rows = [json.loads(line) for line in samples_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError):
+        rows = []
+    texts = [r.get("ref_response") if isinstance(r, dict) else None for r in rows]
+    if [r.get("prompt") if isinstance(r, dict) else None for r in rows] != prompts or any(not isinstance(t, str) for t in texts):
+        print(f"note: --reference-samples {path}: {samples_path} does not hold one reference response per prompt; sampling the reference")
+        return None
+    print(f"reference samples: {len(texts)} reused from {samples_path}")
+    return texts
 
 
 def main(argv=None):
@@ -105,11 +148,13 @@ def main(argv=None):
     check_prompts_fit(tok, prompts, policy.config.block_size, max(max_new, 1), prompts_path)  # names the file and line
     print(f"{len(prompts)} prompts from {prompts_path}, up to {max_new} new tokens, temperature {args.temperature}")
 
-    # 4. evaluate: sample, score, compare with the reference
+    # 4. evaluate: sample, score, compare with the reference (whose samples an earlier evaluation may already hold)
+    ref_key = reference_key(args, prompts, max_new, dev) if ref is not None else None
+    ref_texts = reused_reference(args.reference_samples, ref_key, prompts) if ref_key is not None else None
     with autocast(args.dtype, dev):
         metrics, samples = evaluate_policy(policy, tok, prompts, task=task, ref=ref, rm=rm, max_new_tokens=max_new,
                                            temperature=args.temperature, seed=args.seed, batch_size=args.batch_size,
-                                           best_of_n=args.best_of_n, rm_pairs=args.onpolicy_samples)
+                                           best_of_n=args.best_of_n, rm_pairs=args.onpolicy_samples, ref_texts=ref_texts)
     metrics.update(peak_memory(dev))
 
     # 5. write the samples, then the metrics (each atomically; a metrics file on disk means a finished evaluation)
@@ -120,7 +165,8 @@ def main(argv=None):
                                 "rewards": [s[key]] if key else [],
                                 **{k: v for k, v in s.items() if k not in ("prompt", "response")}} for s in samples],
                 kind="samples" if key else None)
-    write_json(out, {"name": name, "args": config_to_dict(args), "max_new_tokens": max_new, **metrics})
+    write_json(out, {"name": name, "args": config_to_dict(args), "max_new_tokens": max_new,
+                     **({"reference_key": ref_key} if ref_key else {}), **metrics})
     for s in samples[:3]:
         print(f"  prompt: {s['prompt']}\n  response: {s['response']}\n  "
               + "  ".join(f"{k} {s[k]:.3f}" for k in ("gold", "proxy", "kl") if k in s))

@@ -19,7 +19,8 @@ For each seed s, under OUT/s<s>/ (every stage is one of the repo's scripts; the 
 --ppo-seeds K repeats every train_ppo stage and its evaluation with K PPO seeds (s, s + N, ..., N = --seeds) over
 the seed's one SFT, RM, baselines and retrained RMs; the RLP samples come from the first PPO seed's policy.
 
-Every evaluation uses the first RM for the proxy score, so proxy scores compare across methods. Outputs in OUT:
+Every evaluation uses the first RM for the proxy score, so proxy scores compare across methods, and reuses the SFT
+row's reference samples (evaluate.py --reference-samples: the same draw, so the same figures, without sampling it again). Outputs in OUT:
 table.md and results.json (gold win rate vs SFT with its 95% interval, gold, proxy, KL, length; mean +- std over
 runs; each method minus PPO, paired within seeds, with a t-interval over seeds and a per-prompt paired bootstrap;
 the frontier table over --kl-coefs), curves.csv (gold and proxy against KL from every PPO run's logged evaluations), winrates.csv, runs.csv (each
@@ -254,6 +255,8 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
             ev = None
             if c is None or c == coefs[0]:  # the other coefficients' runs: their logged evaluations (the frontier) only
                 extra = ["--best-of-n", args.best_of_n] if m == "best_of_n" else []
+                if m != "sft" and "sft" in methods:  # the SFT row's reference samples: the same draw, reused (evaluate.py)
+                    extra += ["--reference-samples", d / "eval" / "sft.json"]
                 label = f"{m}-s{seed}" + (f"-ps{ps}" if ps != seed else "")
                 ev = st(f"{tag}eval_{name}", "evaluate.py", "--policy", run_dir / "ckpt" if run_dir else sft, "--reference", sft,
                         "--rm", rm, "--data", data, "--n-eval", cfg["n_eval"], "--seed", seed, *extra,

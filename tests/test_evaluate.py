@@ -139,3 +139,21 @@ def test_evaluate_script_without_gold_judge(algo, tmp_path):
     assert "no gold judge" in p.stdout
     res = json.loads((tmp_path / "eval.json").read_text())
     assert "proxy/score" in res and "objective/kl" in res and not any(k.startswith("gold/") for k in res)
+
+
+def test_evaluate_reuses_reference_samples_only_when_drawn_alike(algo):
+    """--reference-samples: an evaluation of another policy against the same reference reuses the earlier call's
+    reference texts, and its figures equal those of sampling the reference again; another seed samples afresh."""
+    sft, rm, data = str(algo / "sft" / "ckpt"), str(algo / "rm" / "ckpt"), str(algo / "data")
+    d = algo / "reuse"
+    common = ["--reference", sft, "--rm", rm, "--data", data, "--n-eval", "24", "--max-new-tokens", "16"]
+    run("evaluate.py", "--policy", sft, *common, "--out", str(d / "first.json"))
+    bon = ["--policy", sft, "--best-of-n", "2", *common]  # another policy: best-of-2
+    fresh = run("evaluate.py", *bon, "--out", str(d / "fresh.json"))
+    reused = run("evaluate.py", *bon, "--reference-samples", str(d / "first.json"), "--out", str(d / "reused.json"))
+    assert "reused from" not in fresh.stdout and "reference samples: 24 reused from" in reused.stdout
+    a, b = (json.loads((d / f"{n}.json").read_text()) for n in ("fresh", "reused"))
+    assert a["reference_key"] == b["reference_key"]
+    assert {k: v for k, v in a.items() if k != "args"} == {k: v for k, v in b.items() if k != "args"}
+    other = run("evaluate.py", *bon, "--seed", "1", "--reference-samples", str(d / "first.json"), "--out", str(d / "s1.json"))
+    assert "drawn otherwise" in other.stdout and "reused from" not in other.stdout
