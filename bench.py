@@ -7,6 +7,7 @@ Usage:
     python bench.py --shape peer --compare-hf       # needs: pip install -r requirements-bench.txt
     python bench.py --shape gpt2 --device cuda --dtype bf16    # GPT-2 small (124M) on a GPU
     python bench.py --shape tiny --repeats 1        # a few seconds: what tests/test_bench.py runs
+    python bench.py --shape peer --stages gen_cache --profile gen_cache   # where a decode step's time goes
 
 Every stage calls the code the scripts run: rlhf.model.generate, rlhf.sft.sft_loss, ScalarModel.score with
 rlhf.reward.bradley_terry_loss, rlhf.sampling.response_logprobs / response_values, rlhf.ppo and
@@ -80,6 +81,8 @@ class Args:
     threads: int = arg(0, "torch CPU threads (0: the CPUs this process may use, rlhf.device.cpu_threads)", ge=0, le=4096)
     seed: int = arg(0, "fixes the random weights, inputs and sampling", ge=0, le=2**32 - 1)
     json: str | None = arg(None, "also write every figure to this JSON file")
+    profile: str | None = arg(None, "after the timed rounds, run this stage once more under torch.profiler and print where its "
+                              "time goes (the ops by self time)", choices=STAGES[1:-1])
 
     def __post_init__(self):  # parse_args turns a ValueError here into argparse's status-2 message
         allowed = STAGES if self.compare_hf else STAGES[:-1]
@@ -249,6 +252,16 @@ def hf_generate(a, s, q, qm, now):
     return run
 
 
+def profile_table(stage, name: str, cuda: bool, rows: int = 15) -> str:
+    """One more run of `stage` under torch.profiler: the ops that took the most self time (what bounds the stage)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        stage()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return f"\nprofile of one {name} stage (torch.profiler, ops by self time):\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def fmt(x: float) -> str:
     """Three significant figures, thousands separated."""
     return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
@@ -277,6 +290,9 @@ def main():
                 times[k].append(x)
             if a.device == "cuda" and rnd == a.repeats:
                 times.setdefault("memory", {})[k] = torch.cuda.max_memory_allocated() / 2**20
+
+    if a.profile:
+        print(profile_table(stages[a.profile], a.profile, gpu is not None))
 
     res, rows = {}, []  # rows: (key, label, median, min, max, unit, note)
     if "peak" in times:

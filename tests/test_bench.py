@@ -146,3 +146,10 @@ def test_scripts_run_with_bf16(algo, tmp_path):
     assert all(math.isfinite(rows[-1][k]) for k in ("ppo/loss/policy", "ppo/loss/value", "objective/kl"))
     p = run("train_ppo.py", "--data", data, "--sft", sft, "--out", str(tmp_path / "x"), "--dtype", "fp16", check=False)
     assert p.returncode == 2 and "--dtype must be one of: auto, fp32, bf16 (got 'fp16')" in p.stderr
+
+
+def test_bench_profile_prints_the_stage_ops():
+    p = run("bench.py", "--shape", "tiny", "--repeats", "1", "--threads", "1", "--stages", "gen_cache", "--profile", "gen_cache")
+    assert "profile of one gen_cache stage" in p.stdout and "aten::addmm" in p.stdout
+    bad = run("bench.py", "--shape", "tiny", "--profile", "nonsense", check=False)
+    assert bad.returncode == 2 and "--profile" in bad.stderr and "gen_cache" in bad.stderr
