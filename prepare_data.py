@@ -39,11 +39,14 @@ class Args:
     length_bias: float | None = arg(None, "annotator preference for length, logits per 10 words (task default when unset)")
     attributes: str = arg("4", "story: the attributes each prompt requests: all 4 (name, mood, coloured object), or 1 to 4, a "
                           "quarter each where the pools allow (varied difficulty)", choices=["4", "1-4"])
-    noisy_share: float = arg(0.0, "prompt-dependent annotator noise: the share of prompt families (story: the requested object; "
-                             "algo: the operation), the same for every seed, whose annotator flips labels at --noisy-flip-rate "
-                             "(0: off)", ge=0.0, le=1.0)
-    noisy_flip_rate: float = arg(0.45, "label-flip rate in the noisy families (above 0.5: mostly inverted, so the RM is "
-                                 "confidently wrong there)", ge=0.0, le=1.0)
+    noisy_share: float = arg(0.0, "prompt-dependent annotator noise: the share of prompt families, the same for every seed, "
+                             "whose annotator is noisy as --noisy-kind says (0: off)", ge=0.0, le=1.0)
+    noisy_kind: str = arg("flip", "flip: the families are the requested objects (story) or operations (algo), and their labels "
+                          "flip at --noisy-flip-rate; misread (story): the families are the requested moods, and a noisy "
+                          "mood's annotator judges every answer as if the partner mood had been asked for (happy <-> sad, "
+                          "scary <-> calm)", choices=["flip", "misread"])
+    noisy_flip_rate: float = arg(0.45, "--noisy-kind flip: the label-flip rate in the noisy families (above 0.5: mostly "
+                                 "inverted)", ge=0.0, le=1.0)
     unlabelled_ratio: float | None = arg(None, "|U| = this x the labelled pairs (RLP's paper: 2, 20k prompts for 10k pairs); "
                                          "overrides --n-unlabelled (None: --n-unlabelled)", gt=0.0, le=1000.0)
     overwrite: bool = arg(False, "replace an existing data directory")
@@ -93,8 +96,15 @@ def main(argv=None):
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         sys.exit(f"error: {out} already holds files; pass --overwrite to replace them")
     annotator = {k: getattr(args, k) for k in ("tau", "flip_rate", "length_bias") if getattr(args, k) is not None}
+    if args.noisy_kind == "misread" and args.task != "story":
+        sys.exit("error: --noisy-kind misread: only the story task has a requested mood to misread (use --task story)")
+    if args.noisy_kind == "misread" and args.noisy_flip_rate != Args.noisy_flip_rate:
+        sys.exit(f"error: --noisy-flip-rate {args.noisy_flip_rate} goes with --noisy-kind flip; a misreading annotator flips "
+                 f"labels at --flip-rate like the others")
+    if args.noisy_kind != "flip" and not args.noisy_share:
+        sys.exit(f"error: --noisy-kind {args.noisy_kind} needs --noisy-share above 0 (the share of families it applies to)")
     if args.noisy_share:
-        annotator |= {"noisy_share": args.noisy_share, "noisy_flip_rate": args.noisy_flip_rate}
+        annotator |= {"noisy_share": args.noisy_share, "noisy_flip_rate": args.noisy_flip_rate, "noisy_kind": args.noisy_kind}
     n_unlabelled = args.n_unlabelled if args.unlabelled_ratio is None else max(1, round(args.unlabelled_ratio * args.n_pairs))
     if args.attributes != "4" and args.task != "story":
         sys.exit(f"error: --attributes {args.attributes}: only the story task has prompts of varied attributes (use --task story)")

@@ -8,12 +8,17 @@
   3. the contrastive baselines: the between-prompt variance of the baseline means against the within-prompt
      variance / k (baseline/* of the contrastive PPO run's first row);
   4. prompts of varied difficulty: data with --attributes 1-4, its own SFT and RM; gold of the SFT policy and the RM's
-     gold accuracy per number of requested attributes.
+     gold accuracy per number of requested attributes;
+  5. a misreading annotator (--noisy-share 0.25 --noisy-kind misread: scary prompts judged as calm ones): an RM
+     trained on those labels from the same SFT, and the default RM scored on the same pairs (train_rm.py --epochs 0),
+     each on the noisy mood's pairs and the others', and on the pairs that differ in the mood alone; then PPO against
+     the misreading RM, and the gold of its held-out samples and of the default PPO run's on the noisy mood's prompts
+     and the others'.
 
-    python3 experiments/testbed_factors.py runs/r22 [--threads 2]
+    python3 experiments/testbed_factors.py runs/r22 [--threads 2] [--factors noisy,sft_pairs,difficulty,misread]
 
-RUN is a `reproduce.py --out RUN` directory (default methods). The two RMs go into RUN/factors/ (skipped when their
-diagnostics.json exists); the table is printed and written to RUN/factors/table.md.
+RUN is a `reproduce.py --out RUN` directory (methods sft and ppo at least; contrastive adds factor 3). The runs go into
+RUN/factors/ (each skipped when finished); the table is printed and written to RUN/factors/table.md.
 """
 import argparse
 import json
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
 def step(out: Path, *argv):
@@ -45,24 +51,92 @@ def difficulty_runs(f: Path, threads: list[str]):
          "--out", str(f / "eval_mixed.json"))
 
 
+def misread_runs(s0: Path, f: Path, rm: list[str], threads: list[str]):
+    """Factor 5: the same prompts and demonstrations as the run's data (same seed and sizes), the scary prompts' pairs
+    labelled as if calm had been asked for; its RM, the default RM scored on its pairs, PPO against its RM (the run's
+    PPO flags) and that policy's held-out evaluation (the run's SFT evaluation's reference samples, same prompts)."""
+    n_eval = json.loads((s0 / "data" / "meta.json").read_text())["args"]["n_eval"]
+    data, sft = str(f / "data_misread"), str(s0 / "sft" / "ckpt")
+    step(f / "data_misread", "prepare_data.py", "--task", "story", "--seed", "0", "--out", data, "--n-eval", str(n_eval),
+         "--noisy-share", "0.25", "--noisy-kind", "misread")
+    step(f / "rm_misread", *rm, "--data", data, "--out", str(f / "rm_misread"))
+    step(f / "rm_default_on_misread", *rm, "--data", data, "--epochs", "0", "--previous-rm", str(s0 / "rm" / "ckpt"),
+         "--out", str(f / "rm_default_on_misread"))
+    ppo = json.loads((s0 / "ppo" / "config.json").read_text())
+    step(f / "ppo_misread", "train_ppo.py", "--preset", "tiny", "--seed", "0", "--data", data, "--sft", sft,
+         "--steps", str(ppo["steps"]), "--eval-every", str(ppo["eval_every"]), "--rm", str(f / "rm_misread" / "ckpt"),
+         *threads, "--out", str(f / "ppo_misread"))
+    step(f / "eval_ppo_misread.json", "evaluate.py", "--policy", str(f / "ppo_misread" / "ckpt"), "--reference", sft,
+         "--rm", str(f / "rm_misread" / "ckpt"), "--data", data, "--n-eval", str(n_eval), "--seed", "0", *threads,
+         "--reference-samples", str(s0 / "eval" / "sft.json"), "--out", str(f / "eval_ppo_misread.json"))
+
+
+def misread_table(s0: Path, f: Path, g) -> list[str]:
+    """Factor 5's two tables: the RMs on the noisy mood's pairs and the others'; the policies' gold there."""
+    from rlhf.data import read_objects
+    from rlhf.report import prompt_outcomes
+    from rlhf.tasks import get_task
+    task = get_task("story", noisy_share=0.25, noisy_kind="misread")
+    noisy = sorted(m for m in task.families if task.noisy_family(m))
+    lines = ["", f"A misreading annotator (--noisy-share 0.25 --noisy-kind misread: {', '.join(noisy)} prompts judged as "
+             f"{', '.join(task.misread(f'write a {m} story about mia and a red kite .').split()[2] for m in noisy)}; the same "
+             "pairs, labels differing only there):", "",
+             "| RM | gold acc., held-out pairs | noisy mood | other moods | mood-only pairs, noisy mood (n) | mood-only, other moods (n) "
+             "| gold acc., SFT-sample pairs | noisy mood | other moods |", "|---|---|---|---|---|---|---|---|---|"]
+    n = lambda d, k: f"{g(d, k)} ({d.get(k + '/n', 0)})"  # noqa: E731
+    for name, d in (("default RM (default labels)", f / "rm_default_on_misread"), ("RM on the misread labels", f / "rm_misread")):
+        d = json.loads((d / "diagnostics.json").read_text())
+        lines.append(f"| {name} | {g(d, 'rm/gold_accuracy')} | {g(d, 'rm/gold_accuracy_noisy')} | {g(d, 'rm/gold_accuracy_clean')} | "
+                     f"{n(d, 'rm/component/mood_noisy')} | {n(d, 'rm/component/mood_clean')} | {g(d, 'sft_pairs/gold_accuracy')} | "
+                     f"{g(d, 'sft_pairs/gold_accuracy_noisy')} | {g(d, 'sft_pairs/gold_accuracy_clean')} |")
+    lines += ["", "| policy (held-out prompts) | gold, noisy mood | gold, other moods | win rate vs SFT, noisy mood | "
+              "other moods | KL |", "|---|---|---|---|---|---|"]
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    for k, (name, ev) in enumerate((("PPO against the default RM", s0 / "eval" / "ppo.json"),
+                                    ("PPO against the misreading RM", f / "eval_ppo_misread.json"))):
+        prompts, gold, wins = prompt_outcomes(ev)
+        part = {w: [i for i, p in enumerate(prompts) if task.noisy(p) == w and wins[i] is not None] for w in (True, False)}
+        if k == 0:  # the reference (SFT) samples, the same for both evaluations
+            ref_gold = [r.get("ref_gold") for r in read_objects(ev.with_name(ev.stem + ".samples.jsonl"))]
+            lines.append(f"| SFT | {mean([ref_gold[i] for i in part[True]]):.3f} | {mean([ref_gold[i] for i in part[False]]):.3f} "
+                         f"| 0.5 | 0.5 | 0 |")
+        kl = json.loads(ev.read_text()).get("objective/kl", float("nan"))
+        lines.append(f"| {name} | {mean([gold[i] for i in part[True]]):.3f} | {mean([gold[i] for i in part[False]]):.3f} | "
+                     f"{mean([wins[i] for i in part[True]]):.3f} | {mean([wins[i] for i in part[False]]):.3f} | {kl:.2f} |")
+    lines.append(f"(held-out prompts: {len(part[True])} of the noisy mood, {len(part[False])} of the others; SFT is the "
+                 "reference sample, so its win rate is 0.5 by construction)")
+    return lines
+
+
+FACTORS = ("noisy", "sft_pairs", "difficulty", "misread")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-difficulty", action="store_true", help="leave factor 4 (its own SFT) out")
+    ap.add_argument("--factors", default=",".join(FACTORS), help=f"comma-separated, from {','.join(FACTORS)} (default: all)")
     a = ap.parse_args()
+    factors = a.factors.split(",")
+    if not factors or any(x not in FACTORS for x in factors):
+        ap.error(f"--factors {a.factors}: choose from {','.join(FACTORS)}")
     run = Path(a.run).resolve()
     s0, f = run / "s0", run / "factors"
     sft, threads = str(s0 / "sft" / "ckpt"), ["--threads", str(a.threads)]
     rm = ["train_rm.py", "--preset", "tiny", "--seed", "0", "--sft", sft, "--normalize", *threads]
-    for tag, flip in (("", "0.45"), ("90", "0.9")):  # coin-flip labels there; mostly inverted labels there
-        step(f / f"data_noisy{tag}", "prepare_data.py", "--task", "story", "--out", str(f / f"data_noisy{tag}"),
-             "--noisy-share", "0.25", "--noisy-flip-rate", flip)
-        step(f / f"rm_noisy{tag}", *rm, "--data", str(f / f"data_noisy{tag}"), "--out", str(f / f"rm_noisy{tag}"))
-    step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
-    mixed = not a.skip_difficulty
+    if "noisy" in factors:
+        for tag, flip in (("", "0.45"), ("90", "0.9")):  # coin-flip labels there; mostly inverted labels there
+            step(f / f"data_noisy{tag}", "prepare_data.py", "--task", "story", "--out", str(f / f"data_noisy{tag}"),
+                 "--noisy-share", "0.25", "--noisy-flip-rate", flip)
+            step(f / f"rm_noisy{tag}", *rm, "--data", str(f / f"data_noisy{tag}"), "--out", str(f / f"rm_noisy{tag}"))
+    if "sft_pairs" in factors:
+        step(f / "rm_sftD", *rm, "--data", str(s0 / "data"), "--pairs-from", "sft", "--out", str(f / "rm_sftD"))
+    mixed = "difficulty" in factors and not a.skip_difficulty
     if mixed:
         difficulty_runs(f, threads)
+    if "misread" in factors:
+        misread_runs(s0, f, rm, threads)
 
     diag = {name: json.loads((d / "diagnostics.json").read_text())
             for name, d in (("default RM", s0 / "rm"), ("noisy families, flip 0.45", f / "rm_noisy"),
@@ -75,15 +149,17 @@ def main():
         lines.append(f"| {name} | {g(d, 'rm/gold_accuracy')} | {g(d, 'rm/gold_accuracy_noisy')} | {g(d, 'rm/gold_accuracy_clean')} | "
                      f"{g(d, 'rm/family_gold_accuracy_std')} | {g(d, 'sft_pairs/gold_accuracy')} | {g(d, 'sft_pairs/gold_accuracy_noisy')} | "
                      f"{g(d, 'sft_pairs/gold_accuracy_clean')} | {g(d, 'sft_pairs/family_gold_accuracy_std')} |")
-    row0 = json.loads((s0 / "contrastive" / "metrics.jsonl").open().readline())
+    row0 = json.loads((s0 / "contrastive" / "metrics.jsonl").open().readline()) if (s0 / "contrastive").exists() else {}
     between, within = row0.get("baseline/between_prompt_var"), row0.get("baseline/within_prompt_var_over_k")
     if between is not None:
         lines += ["", f"Contrastive baselines (k = 4 SFT samples per RL prompt, the first RM): between-prompt variance of the "
                       f"baseline means {between:.3f}, within-prompt variance / k {within:.3f} (ratio {between / within:.1f})"]
     if mixed:
         lines += difficulty_table(f, g)
+    if "misread" in factors:
+        lines += misread_table(s0, f, g)
     lines += ["", f"Command: python3 experiments/testbed_factors.py {a.run} --threads {a.threads}"
-              + (" --skip-difficulty" if a.skip_difficulty else "")]
+              + (" --skip-difficulty" if a.skip_difficulty else "") + (f" --factors {a.factors}" if factors != list(FACTORS) else "")]
     f.mkdir(parents=True, exist_ok=True)
     (f / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -108,7 +108,9 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
                      log n - (n-1)/n, the KL to the policy being sampled (= the reference when that
                      policy is the reference, the usual best-of-n baseline)
       proxy/score    mean RM score (rm)
-      gold/score     mean gold score (task); gold/score_difficulty_<d> per level where the task varies it
+      gold/score     mean gold score (task); gold/score_difficulty_<d> per level where the task varies it;
+                     gold/score_noisy, gold/score_clean (and gold/win_rate_noisy, _clean with a reference) on the
+                     prompts of the noisy annotator's families and the others' (prompt-dependent noise, task.noisy)
       gold/win_rate, gold/win_rate_lo, gold/win_rate_hi   against the reference's samples on the same
                      prompts: win 1, tie 0.5, loss 0, 95% bootstrap over prompts (task and ref or ref_texts)
       rm/onpolicy_gold_accuracy, rm/onpolicy_pairs   (rm, task, rm_pairs >= 2) the RM's gold-ordering accuracy
@@ -200,6 +202,12 @@ def evaluate_policy(policy, tok, prompts: list[str], *, task=None, ref=None, rm=
             wins = win_outcomes([gold[i] for i in known], [ref_gold[i] for i in known])  # (known,) 1 / 0.5 / 0
             lo, hi = bootstrap_ci(wins, seed=seed) if known else (float("nan"), float("nan"))
             metrics.update({"gold/win_rate": _mean(wins.tolist()), "gold/win_rate_lo": lo, "gold/win_rate_hi": hi})
+        if task.annotator["noisy_share"]:  # where the annotator (so the RM) errs, and elsewhere
+            for name, want in (("noisy", True), ("clean", False)):
+                rows = [k for k, i in enumerate(known) if task.noisy(prompts[i]) == want]
+                metrics[f"gold/score_{name}"] = _mean([gold[known[k]] for k in rows])
+                if ref_texts is not None:
+                    metrics[f"gold/win_rate_{name}"] = _mean([wins[k].item() for k in rows])
         if group is not None:  # every pair (j < l) of each prompt's samples
             texts_of, scores_of = group
             golds = [[task.gold(p, t) for t in ts] for p, ts in zip(prompts, texts_of)]

@@ -202,7 +202,9 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     rm/family_gold_accuracy_std  the spread of the RM's error from prompt to prompt: std over prompt families
                            (task.family; those with 10 decided pairs or more) of each family's gold accuracy
     rm/gold_accuracy_noisy, rm/gold_accuracy_clean  (with prompt-dependent annotator noise, noisy_share > 0) gold
-                           accuracy on the noisy families' pairs and on the others'
+                           accuracy on the noisy families' pairs and on the others'; rm/component/<name>_noisy and
+                           _clean (with /n) the same split of the one-component pairs (a misreading annotator errs in
+                           one component: story's mood)
     rm/gold_accuracy_difficulty_<d>  (a world of varied difficulty, task.difficulty) gold accuracy per level
     """
     sc, sr = torch.as_tensor(s_chosen, dtype=torch.float64), torch.as_tensor(s_rejected, dtype=torch.float64)
@@ -237,6 +239,11 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
     for name, idx in sorted(comps.items()):
         out[f"rm/component/{name}"] = gold_order(sc.tolist(), sr.tolist(), idx)
         out[f"rm/component/{name}/n"] = len(idx)
+        if task.annotator["noisy_share"]:
+            for part, want in (("noisy", True), ("clean", False)):
+                sub = [i for i in idx if task.noisy(prompts[i]) == want]
+                out[f"rm/component/{name}_{part}"] = gold_order(sc.tolist(), sr.tolist(), sub)
+                out[f"rm/component/{name}_{part}/n"] = len(sub)
     fams = {}
     for i in decided:
         fams.setdefault(task.family(prompts[i]), []).append(i)

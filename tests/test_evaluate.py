@@ -84,6 +84,16 @@ def test_evaluate_policy_against_itself(models):
     assert m4["rm_first/onpolicy_gold_accuracy"] == m4["rm/onpolicy_gold_accuracy"]  # the same RM: the same figure
     assert m4["rm_first/onpolicy_pairs"] == m4["rm/onpolicy_pairs"] and m4["gold/score"] == m2["gold/score"]
 
+    # prompt-dependent noise: gold and win rate on the noisy families' prompts and the others', which average back to
+    # the whole (the same samples and reference texts: the annotator's noise changes no gold score)
+    noisy_task = get_task("algo", seed=0, noisy_share=0.5)
+    mn, _ = evaluate_policy(policy, tok, prompts, task=noisy_task, rm=rm, max_new_tokens=24, ref_texts=ref_texts, rm_pairs=False)
+    k = sum(noisy_task.noisy(p) for p in prompts)
+    assert 0 < k < len(prompts) and "gold/score_noisy" not in m2
+    for key in ("gold/score", "gold/win_rate"):
+        assert mn[key] == m2[key]
+        assert k * mn[key + "_noisy"] + (len(prompts) - k) * mn[key + "_clean"] == pytest.approx(len(prompts) * mn[key])
+
     # without a task: no gold keys at all
     m3, s3 = evaluate_policy(policy, tok, prompts[:8], rm=rm, max_new_tokens=24)
     assert not any(k.startswith("gold/") or k.startswith("rm/") for k in m3) and "proxy/score" in m3

@@ -209,6 +209,24 @@ def test_prepare_data_noisy_families_and_unlabelled_ratio(tmp_path):
         assert p.returncode == 2 and flag in p.stderr and not (tmp_path / "bad").exists()
 
 
+def test_prepare_data_misreading_annotator(tmp_path):
+    """--noisy-kind misread: the noisy mood's pairs are labelled against the partner mood, recorded in meta.json;
+    its flags are refused where they mean nothing."""
+    out = tmp_path / "d"
+    run("prepare_data.py", "--task", "story", "--out", str(out), "--n-sft", "10", "--n-pairs", "400", "--n-rl", "5",
+        "--n-unlabelled", "5", "--n-eval", "5", "--noisy-share", "0.25", "--noisy-kind", "misread")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["noisy_families"] == ["scary"] and meta["annotator"]["noisy_kind"] == "misread"
+    pairs = meta["pairs"]
+    assert 50 < pairs["noisy_pairs"] < 150 and pairs["noisy_label_gold_agreement"] < pairs["clean_label_gold_agreement"]
+    for argv, flag in ((["--noisy-share", "0.25", "--noisy-kind", "misread", "--noisy-flip-rate", "0.9"], "--noisy-flip-rate"),
+                       (["--noisy-kind", "misread"], "--noisy-share"),
+                       (["--noisy-share", "0.25", "--noisy-kind", "misread", "--task", "algo"], "--task story"),
+                       (["--noisy-kind", "swap"], "--noisy-kind")):
+        p = run("prepare_data.py", "--out", str(tmp_path / "bad"), *argv, check=False)
+        assert p.returncode != 0 and flag in p.stderr and not (tmp_path / "bad").exists(), p.stderr
+
+
 def test_prepare_data_attributes(tmp_path):
     run("prepare_data.py", "--task", "story", "--out", str(tmp_path / "d"), "--n-sft", "40", "--n-pairs", "40", "--n-rl", "40",
         "--n-unlabelled", "4", "--n-eval", "40", "--attributes", "1-4")

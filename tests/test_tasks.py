@@ -31,7 +31,8 @@ def test_unknown_task():
 
 
 @pytest.mark.parametrize("kwargs, msg", [
-    ({"temperature": 1.0}, r"unknown annotator setting 'temperature'; allowed: flip_rate, length_bias, noisy_flip_rate, noisy_share, tau"),
+    ({"temperature": 1.0}, r"unknown annotator setting 'temperature'; allowed: flip_rate, length_bias, noisy_flip_rate, noisy_kind, noisy_share, tau"),
+    ({"noisy_kind": "swap"}, r"noisy_kind must be one of: flip, misread \(got 'swap'\)"),
     ({"noisy_share": 1.5}, r"noisy_share must be in \[0, 1\]"),
     ({"tau": 0.0}, r"tau must be > 0"),
     ({"tau": -1}, r"tau must be > 0"),
@@ -333,6 +334,41 @@ def test_noisy_family_labels_flip_at_their_own_rate():
         get_task("story", noisy_flip_rate=1.5)
 
 
+def test_misreading_annotator_judges_the_partner_mood_on_noisy_moods():
+    """noisy_kind "misread": the families are the requested moods; on the noisy mood (scary at a quarter) the annotator
+    takes gold against the partner mood (calm), with the usual tau, flip rate and length bias; elsewhere it is the
+    default annotator. Hand example: a calm story against a scary one, for a scary and a happy prompt."""
+    import random
+    from rlhf.tasks.story import MISREAD, MOODS
+    t = get_task("story", tau=1e-3, flip_rate=0.0, length_bias=0.0, noisy_share=0.25, noisy_kind="misread")
+    assert t.families == MOODS and {m for m in MOODS if t.noisy_family(m)} == {"scary"}
+    assert {MISREAD[MISREAD[m]] for m in MOODS} == set(MOODS) and all(MISREAD[m] != m for m in MOODS)
+    scary, calm = "write a scary story about mia and a red kite .", "write a calm story about mia and a red kite ."
+    assert t.noisy(scary) and t.family(scary) == "scary" and t.misread(scary) == calm
+    scary_story, calm_story = t.reference(scary), t.reference(calm)  # each gold 1 for its own prompt
+    assert t.gold(scary, scary_story) > t.gold(scary, calm_story) and t.gold(calm, calm_story) > t.gold(calm, scary_story)
+    rng = random.Random(0)
+    assert all(t.annotate(scary, scary_story, calm_story, rng) == 1 for _ in range(20))  # consistently wrong
+    assert all(t.annotate(calm, scary_story, calm_story, rng) == 1 for _ in range(20))  # right: calm is not noisy
+    # the same tau, flip rate and length bias as every other prompt: P(a > b) from the misread gold
+    t2 = get_task("story", noisy_share=0.25, noisy_kind="misread")
+    from rlhf.tasks import len_words, preference_probability
+    want = preference_probability(t2.gold(calm, scary_story), t2.gold(calm, calm_story), len_words(scary_story),
+                                  len_words(calm_story), 0.1, 0.25) * 0.9 + (1 - preference_probability(
+                                      t2.gold(calm, scary_story), t2.gold(calm, calm_story), len_words(scary_story),
+                                      len_words(calm_story), 0.1, 0.25)) * 0.1
+    rng = random.Random(1)
+    got = sum(t2.annotate(scary, scary_story, calm_story, rng) == 0 for _ in range(4000)) / 4000
+    assert abs(got - want) < 0.03
+    # a prompt that requests no mood is never misread; the flip kind keeps objects as families and its meta.json keys
+    assert get_task("story", attributes="1-4", noisy_share=0.25, noisy_kind="misread").misread("tell a story about mia .") \
+        == "tell a story about mia ."
+    assert t.annotator_settings()["noisy_kind"] == "misread" and "noisy_flip_rate" not in t.annotator_settings()
+    assert "noisy_kind" not in get_task("story", noisy_share=0.25).annotator_settings()
+    with pytest.raises(ValueError, match="only the story task has a requested mood"):
+        get_task("algo", noisy_share=0.25, noisy_kind="misread")
+
+
 def test_rm_diagnostics_split_noisy_and_clean_families():
     """Per-family gold accuracy: an RM right on every clean pair and wrong on every noisy one."""
     from rlhf.reward import rm_diagnostics
@@ -344,6 +380,23 @@ def test_rm_diagnostics_split_noisy_and_clean_families():
     d = rm_diagnostics(prompts, good, ["mia ."] * 20, [0.0 if n else 1.0 for n in noisy], [1.0 if n else 0.0 for n in noisy], t)
     assert d["rm/gold_accuracy_noisy"] == 0.0 and d["rm/gold_accuracy_clean"] == 1.0 and d["rm/gold_accuracy"] == 0.5
     assert d["rm/family_gold_accuracy_std"] == pytest.approx(2 ** -0.5)  # stdev of (0, 1)
+
+
+def test_rm_diagnostics_split_one_component_pairs_of_a_misreading_annotator():
+    """A misreading annotator errs in the mood only: pairs that differ in the mood alone (the reference story for the
+    prompt against the one for its partner mood) split into the noisy mood's and the others', with their counts."""
+    from rlhf.reward import rm_diagnostics
+    t = get_task("story", noisy_share=0.25, noisy_kind="misread")
+    prompts = [f"write a {m} story about mia and a red kite ." for m in ("scary", "happy") for _ in range(10)]
+    chosen, rejected = [t.reference(p) for p in prompts], [t.reference(t.misread(p)) for p in prompts]
+    a, b = t.gold_components(prompts[0], chosen[0]), t.gold_components(prompts[0], rejected[0])
+    assert [k for k in a if a[k] != b[k]] == ["mood"]
+    noisy = [t.noisy(p) for p in prompts]  # an RM that learned the misreading: wrong on scary, right on happy
+    d = rm_diagnostics(prompts, chosen, rejected, [0.0 if n else 1.0 for n in noisy], [1.0 if n else 0.0 for n in noisy], t)
+    assert d["rm/component/mood"] == 0.5 and d["rm/component/mood/n"] == 20
+    assert d["rm/component/mood_noisy"] == 0.0 and d["rm/component/mood_clean"] == 1.0
+    assert d["rm/component/mood_noisy/n"] == d["rm/component/mood_clean/n"] == 10
+    assert "rm/component/mood_noisy" not in rm_diagnostics(prompts, chosen, rejected, [1.0] * 20, [0.0] * 20, get_task("story"))
 
 
 def test_story_prompts_of_varied_attributes():

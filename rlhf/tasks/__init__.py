@@ -35,8 +35,14 @@ SPLITS = ("sft", "rl", "unlabelled", "eval")
 TASKS = ("algo", "story")
 ANNOTATOR_DEFAULTS = {"tau": 0.1, "flip_rate": 0.1, "length_bias": 0.25}
 # prompt-dependent annotator noise (off by default): a share of the task's prompt families, the same for every seed,
-# whose annotator flips labels at noisy_flip_rate instead of flip_rate (Task.noisy)
-NOISY_DEFAULTS = {"noisy_share": 0.0, "noisy_flip_rate": 0.45}
+# whose annotator is noisy (Task.noisy) in one of two ways, noisy_kind:
+#   "flip"     the families are the requested objects (story) or operations (algo); labels flip at noisy_flip_rate
+#              instead of flip_rate there
+#   "misread"  (story) the families are the requested moods; on a noisy mood's prompts the annotator judges every
+#              response as if the prompt had asked for the partner mood (MISREAD in story.py: happy <-> sad,
+#              scary <-> calm), a consistent error an RM learns as confidently as the right mood (docs/tasks.md)
+NOISY_DEFAULTS = {"noisy_share": 0.0, "noisy_flip_rate": 0.45, "noisy_kind": "flip"}
+NOISY_KINDS = ("flip", "misread")
 
 
 def len_words(text: str) -> int:
@@ -73,6 +79,11 @@ def _check_annotator(settings: dict) -> dict:
     for key, value in settings.items():
         if key not in out:
             raise ValueError(f"unknown annotator setting {key!r}; allowed: {', '.join(sorted(out))}")
+        if key == "noisy_kind":
+            if value not in NOISY_KINDS:
+                raise ValueError(f"noisy_kind must be one of: {', '.join(NOISY_KINDS)} (got {value!r})")
+            out[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"annotator setting {key} must be a finite number, got {value!r}")
         out[key] = float(value)
@@ -171,7 +182,8 @@ class Task:
     def key(self, prompt: str, response: str) -> str:
         raise NotImplementedError
 
-    families: tuple[str, ...] = ()  # the task's prompt families (story: the requested object; algo: the operation)
+    families: tuple[str, ...] = ()  # the task's prompt families (story: the requested object, or mood under misread;
+    # algo: the operation)
 
     def family(self, prompt: str) -> str:
         """The family a prompt of this task belongs to (one of `families`)."""
@@ -186,6 +198,11 @@ class Task:
         if not hasattr(self, "_noisy"):
             self._noisy = noisy_families(self.families, self.annotator["noisy_share"])
         return family in self._noisy
+
+    def misread(self, prompt: str) -> str:
+        """noisy_kind "misread": the prompt as the noisy annotator reads it (story: the partner mood). Tasks without a
+        misreading refuse noisy_kind "misread" when built (get_task)."""
+        raise NotImplementedError
 
     @staticmethod
     def parse_prompt(prompt: str):
@@ -212,17 +229,22 @@ class Task:
         """0 if a is preferred, 1 if b. Draws exactly two numbers from rng per call.
 
         P(a > b) = sigmoid((gold(a) - gold(b)) / tau + length_bias * (len_words(a) - len_words(b)) / 10),
-        then the label is flipped with probability flip_rate, or noisy_flip_rate on a prompt of a noisy family
-        (self.noisy(prompt); with noisy_flip_rate above 0.5 the RM learns those families' preferences inverted).
+        then the label is flipped with probability flip_rate. On a prompt of a noisy family (self.noisy(prompt)):
+        noisy_kind "flip" flips at noisy_flip_rate instead (above 0.5 the labels there are mostly inverted);
+        noisy_kind "misread" takes gold against self.misread(prompt) in place of the prompt (the same tau, flip
+        rate and length bias), so the labels there are consistent, and consistently wrong where the two readings differ.
         """
         if not self.knows(prompt):
             raise ValueError(f"the {self.name} task's annotator cannot label a pair for a prompt outside its grammar: "
                              f"{prompt[:80]!r}")
         s = self.annotator
-        p = preference_probability(self.gold(prompt, a), self.gold(prompt, b), len_words(a), len_words(b),
+        noisy = self.noisy(prompt)
+        misread = noisy and s["noisy_kind"] == "misread"
+        judged = self.misread(prompt) if misread else prompt
+        p = preference_probability(self.gold(judged, a), self.gold(judged, b), len_words(a), len_words(b),
                                    s["tau"], s["length_bias"])
         a_wins = rng.random() < p
-        if rng.random() < (s["noisy_flip_rate"] if self.noisy(prompt) else s["flip_rate"]):
+        if rng.random() < (s["noisy_flip_rate"] if noisy and not misread else s["flip_rate"]):
             a_wins = not a_wins
         return 0 if a_wins else 1
 
@@ -239,6 +261,8 @@ class Task:
         """The annotator's settings, for the data's meta.json (the noisy-family ones only when noisy_share > 0, so a
         default data directory's meta.json reads as before)."""
         keep = ANNOTATOR_DEFAULTS.keys() | (NOISY_DEFAULTS.keys() if self.annotator["noisy_share"] else set())
+        # the setting a noisy_kind leaves unused is left out: "flip" data's meta.json reads as before
+        keep = keep - ({"noisy_kind"} if self.annotator["noisy_kind"] == "flip" else {"noisy_flip_rate"})
         return {k: v for k, v in self.annotator.items() if k in keep}
 
 
@@ -255,7 +279,9 @@ def known_rows(task: Task, prompts: list[str], where: Callable[[int], str]) -> l
 
 def get_task(name: str, seed: int = 0, attributes: str = "4", **annotator) -> Task:
     """The built-in task `name` ("story" or "algo"); annotator settings: tau, flip_rate, length_bias, noisy_share,
-    noisy_flip_rate; attributes (story only): "4" or "1-4", the prompt forms its world draws from (StoryTask)."""
+    noisy_flip_rate, noisy_kind; attributes (story only): "4" or "1-4", the prompt forms its world draws from (StoryTask)."""
+    if annotator.get("noisy_kind", "flip") != "flip" and name != "story":
+        raise ValueError(f"noisy_kind {annotator['noisy_kind']!r}: only the story task has a requested mood to misread")
     if name == "story":
         from .story import StoryTask
         return StoryTask(seed, attributes=attributes, **annotator)

@@ -53,6 +53,8 @@ FEELINGS = {  # mood named in the prompt -> the feeling words that express it
     "calm": ("calm", "peaceful", "relaxed", "sleepy"),
 }
 MOODS = tuple(FEELINGS)
+# noisy_kind "misread": the mood a noisy mood's annotator reads in its place (a fixed pairing, each mood's opposite)
+MISREAD = {"happy": "sad", "sad": "happy", "scary": "calm", "calm": "scary"}
 MOOD_OF = {w: m for m, ws in FEELINGS.items() for w in ws}
 ADJECTIVES = ("big", "small", "old", "new", "shiny", "soft", "heavy", "tiny", "round", "little", "warm",
               "strange")
@@ -215,8 +217,10 @@ class StoryTask(Task):
         if attributes not in ATTRIBUTES:
             raise ValueError(f"story attributes must be one of: {', '.join(ATTRIBUTES)} (got {attributes!r})")
         self.attributes = attributes
-        self.families = OBJECTS if attributes == "4" else OBJECTS + ("-",)  # "-": the prompts that request no object
         super().__init__(seed, **annotator)
+        # the prompt families: the requested object, or under noisy_kind "misread" the requested mood ("-": none requested)
+        self.families = ((MOODS if self.annotator["noisy_kind"] == "misread" else OBJECTS)
+                         + (() if attributes == "4" else ("-",)))
 
     def _prompt_space(self, count: int = 4) -> list[str]:
         forms = {4: [f"{v} a {m} story about {n} and a {c} {o} ." for v in PROMPT_VERBS for m in MOODS for n in NAMES
@@ -363,8 +367,19 @@ class StoryTask(Task):
 
     def family(self, prompt: str) -> str:
         """The requested object ("-" when none is requested): the prompts about one object share a family (and, with
-        noisy_share, an annotator)."""
-        return parse_prompt(prompt)[3] or "-"
+        noisy_share, an annotator). Under noisy_kind "misread", the requested mood instead."""
+        mood, _, _, obj = parse_prompt(prompt)
+        return (mood if self.annotator["noisy_kind"] == "misread" else obj) or "-"
+
+    def misread(self, prompt: str) -> str:
+        """The prompt with its requested mood replaced by MISREAD's partner: what the noisy annotator of noisy_kind
+        "misread" judges against. "write a scary story about mia and a red kite ." -> "write a calm story about ..."."""
+        mood = parse_prompt(prompt)[0]
+        if mood is None:
+            return prompt
+        words = prompt.split(" ")
+        words[words.index(mood)] = MISREAD[mood]  # the mood is the prompt's third word; no name or object is a mood word
+        return " ".join(words)
 
     def key(self, prompt: str, response: str) -> str:
         """"name=<n> object=<o> colour=<c> mood=<m>" as the parsed sentences express them: the most
