@@ -83,6 +83,8 @@ class Args:
                           "have mean 0 and std 1 on held-out pairs, so --kl-coef is the same trade-off for every RM "
                           "(--no-normalize: raw scores, as before)")
     noisy_share: float = arg(0.0, "the testbed's prompt-dependent annotator noise (prepare_data.py --noisy-share; 0: off)", ge=0.0, le=1.0)
+    noisy_kind: str = arg("flip", "how the noisy families' annotator errs (prepare_data.py --noisy-kind): flip, labels flipped "
+                          "at 0.45 on a share of objects; misread, a share of moods judged as their partner mood", choices=["flip", "misread"])
     attributes: str = arg("4", "story prompts request all 4 attributes, or 1 to 4 (prepare_data.py --attributes)", choices=["4", "1-4"])
     unlabelled_ratio: float | None = arg(None, "|U| = this x the labelled pairs (prepare_data.py --unlabelled-ratio; RLP's paper: 2)",
                                          gt=0.0, le=1000.0)
@@ -102,6 +104,8 @@ class Args:
     threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
     device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
                       check=device_error)
+    dtype: str = arg("auto", "--dtype of every training stage (SFT, RM, PPO family, DPO; auto: each script's default, fp32 "
+                     "on the CPU); sampling, scoring and evaluation stages keep their own default", choices=["auto", "fp32", "bf16"])
 
 # `--help` answers here, from Args alone: the imports below load torch and take seconds
 answer_help(__name__, Args, description=__doc__.split("\n")[0])
@@ -125,8 +129,8 @@ def _die_with_parent():
 class Stages:
     """Runs the repo's scripts as cached, resumable stages behind one progress bar."""
 
-    def __init__(self, out: Path, total: int, threads: int, device: str = "auto"):
-        self.out, self.threads, self.device = out, threads, device
+    def __init__(self, out: Path, total: int, threads: int, device: str = "auto", dtype: str = "auto"):
+        self.out, self.threads, self.device, self.dtype = out, threads, device, dtype
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc="reproduce", unit="stage")
@@ -141,6 +145,8 @@ class Stages:
             argv += ["--threads", str(self.threads)]
         if self.device != "auto" and kind != "data":  # left out for auto, so cached commands stay the same
             argv += ["--device", self.device]
+        if self.dtype != "auto" and kind == "train":  # likewise left out for auto
+            argv += ["--dtype", self.dtype]
         # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
         inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
         cmd = {"script": script, "argv": argv, "inputs": inputs}
@@ -204,7 +210,8 @@ def pipeline(st, args, d: Path, tag: str, seed: int, methods: list[str], sft: Pa
     steps = args.ppo_steps or cfg["ppo_steps"]
     pre = ["--preset", args.preset, "--seed", seed]
     rm_flags = [*cfg["rm"], *(["--normalize"] if args.normalize else []), *(["--pairs-from", "sft"] if args.pairs_from == "sft" else [])]
-    world = [*(["--noisy-share", args.noisy_share] if args.noisy_share else []), *(["--attributes", args.attributes]
+    world = [*(["--noisy-share", args.noisy_share] if args.noisy_share else []),
+             *(["--noisy-kind", args.noisy_kind] if args.noisy_kind != "flip" else []), *(["--attributes", args.attributes]
              if args.attributes != "4" else []), *(["--unlabelled-ratio", args.unlabelled_ratio] if args.unlabelled_ratio else [])]
     data = st(f"{tag}data", "prepare_data.py", "--task", args.task, "--out", d / "data", "--seed", seed, *cfg["data"], *world,
               *(["--flip-rate", flip_rate] if flip_rate is not None else []), out=d / "data", kind="data")
@@ -351,7 +358,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
-    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device)
+    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device, args.dtype)
     t0 = time.time()
     records = run_all(st, args, methods, levels)
     st.bar.close()

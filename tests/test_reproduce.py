@@ -181,12 +181,21 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     rms = [c for c in cmds if c[0] == "train_rm.py"]
     assert len(rms) == 2 and all(c[c.index("--pairs-from") + 1] == "sft" for c in rms)
     assert not any("--noisy-share" in c or "--attributes" in c for c in cmds)  # the default world: the data command as before
+    assert not any("--noisy-kind" in c or "--dtype" in c for c in cmds)
+    # --dtype bf16: every training stage, and no sampling, scoring or evaluation stage
+    args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "bf16"), "--methods", "sft,ppo,contrastive,dpo", "--dtype", "bf16"])
+    cmds.clear()
+    reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0, dtype=args.dtype), args, ["sft", "ppo", "contrastive", "dpo"], [])
+    assert {c[0] for c in cmds if "--dtype" in c} == {"train_sft.py", "train_rm.py", "train_ppo.py", "train_dpo.py"}
+    assert all(c[c.index("--dtype") + 1] == "bf16" for c in cmds if "--dtype" in c)
+    assert {c[0] for c in cmds if "--dtype" not in c} == {"prepare_data.py", "sample_baselines.py", "evaluate.py"}
     args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "w"), "--methods", "sft", "--noisy-share", "0.25",
-                                                 "--attributes", "1-4", "--unlabelled-ratio", "2"])
+                                                 "--noisy-kind", "misread", "--attributes", "1-4", "--unlabelled-ratio", "2"])
     cmds.clear()
     reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0), args, ["sft"], [])
     data = next(c for c in cmds if c[0] == "prepare_data.py")
-    assert [data[data.index(f) + 1] for f in ("--noisy-share", "--attributes", "--unlabelled-ratio")] == ["0.25", "1-4", "2.0"]
+    assert ([data[data.index(f) + 1] for f in ("--noisy-share", "--noisy-kind", "--attributes", "--unlabelled-ratio")]
+            == ["0.25", "misread", "1-4", "2.0"])
     # a KL sweep: every PPO-family method at each coefficient (train_ppo.py's default keeps its plain name and command),
     # the held-out evaluation only at the first one, the RLP samples from its PPO run
     for coefs, first in (("0.05,0.2", "ppo"), ("0.2,0.05", "ppo_kl0.2")):
