@@ -75,6 +75,9 @@ class Args(DataArgs, TrainArgs):
                             "predicts, its output lowered by the mean baseline over the RL prompts (--no-value-shift: the RM's "
                             "raw scale, which value clipping lets move by --cliprange-value an iteration)")
     grad_clip: float = arg(1.0, "clip each model's gradient norm (0: off)", ge=0.0)
+    pack: bool = arg(False, "the forwards over rollouts (log-probs, values, the update) run on the rows' real tokens packed "
+                     "into fewer rows (rlhf.padding.pack_rows): the same log-probs, gradients equal up to float rounding, "
+                     "fewer token slots where responses vary in length (docs/performance.md)")
     eval_every: int = arg(10, "held-out evaluation every N iterations", ge=1)
     n_eval: int = arg(100, "held-out prompts per evaluation", ge=1, le=10**7)
     onpolicy_samples: int = arg(4, "each evaluation also scores the RM's gold accuracy on all C(n, 2) pairs of n policy samples "
@@ -185,7 +188,8 @@ def main(argv=None):
     distributed.broadcast_params(*modules.values())  # rank 0's weights (and fresh value head) on every rank
     ckpt_config = {"model": policy.config.to_dict(), "args": config_to_dict(args), "tokenizer": tok.fingerprint, "stage": "ppo"}
     hp = PPOHParams(cliprange=args.cliprange, cliprange_value=args.cliprange_value, vf_coef=args.vf_coef, ppo_epochs=args.ppo_epochs,
-                    minibatches=args.minibatches, temperature=args.temperature, grad_clip=args.grad_clip, dtype=args.dtype)
+                    minibatches=args.minibatches, temperature=args.temperature, grad_clip=args.grad_clip, dtype=args.dtype,
+                    pack=args.pack)
     P, k = args.batch_size // args.group_size, args.group_size  # prompts per iteration, samples per prompt
 
     def score(roll):
@@ -250,14 +254,15 @@ def main(argv=None):
             # 3. log-probs of the sampled tokens under policy and reference; values
             with torch.no_grad(), autocast(args.dtype, dev):
                 if value is None:  # no critic (rloo, grpo)
-                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
+                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature, pack=args.pack)  # (B, Tr)
                     old_values = torch.zeros_like(old_logprobs)
                 elif isinstance(value, ScalarModel):
-                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature)  # (B, Tr)
-                    old_values = response_values(value, q, qm, r, rmask)  # (B, Tr)
+                    old_logprobs = response_logprobs(policy, q, qm, r, rmask, args.temperature, pack=args.pack)  # (B, Tr)
+                    old_values = response_values(value, q, qm, r, rmask, pack=args.pack)  # (B, Tr)
                 else:  # a head on the policy trunk: one forward of the policy gives both
-                    old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value)
-                ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature)
+                    old_logprobs, old_values = response_logprobs(policy, q, qm, r, rmask, args.temperature, value_head=value,
+                                                                 pack=args.pack)
+                ref_logprobs = response_logprobs(ref, q, qm, r, rmask, args.temperature, pack=args.pack)
             t["forward"] = now()
 
             # 4. KL-shaped rewards and GAE (whitening statistics over every rank's rollouts under torchrun)

@@ -169,8 +169,13 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def hidden(self, idx, mask=None, cache: KVCache | None = None):
-        """idx (B, T) token ids, mask (B, T) or None (= all real) -> hidden states (B, T, D)."""
+    def hidden(self, idx, mask=None, cache: KVCache | None = None, segments=None):
+        """idx (B, T) token ids, mask (B, T) or None (= all real) -> hidden states (B, T, D).
+
+        segments (B, T) long, instead of mask: packed rows (rlhf.padding.pack_rows), several sequences one after
+        another in a row, numbered 1, 2, ... and 0 on the padding after them. Each token attends to the earlier tokens
+        of its own sequence only and its position counts from its sequence's first token, so a packed sequence's
+        hidden states are those it has alone in a row (up to float rounding: other matrix shapes)."""
         B, T = idx.shape
         p = cache.pos if cache is not None else 0
         if p + T > self.config.block_size:
@@ -178,6 +183,8 @@ class GPT(nn.Module):
                              f"(block_size {self.config.block_size})")
         if cache is not None and p + T > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} slots, {p + T} needed")
+        if segments is not None and (mask is not None or cache is not None):
+            raise ValueError("segments (packed rows) replace mask and take no KV cache")
         real = torch.ones(B, T, dtype=torch.bool, device=idx.device) if mask is None else mask.bool()
         start = cache.n_real if cache is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
         pos = (start[:, None] + real.long().cumsum(1) - 1).clamp(min=0)  # (B, T) real tokens before each
@@ -185,7 +192,13 @@ class GPT(nn.Module):
         # pads that follow them, so the fused causal kernel can run without a mask.
         right_padded = mask is not None and cache is None and bool((real[:, 1:] <= real[:, :-1]).all())
         attn_mask = None
-        if (mask is not None and not right_padded) or cache is not None:
+        if segments is not None:  # packed: causal within each sequence; a pad query attends to itself only
+            col = torch.arange(T, device=idx.device)
+            first = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], 1)
+            pos = col - (col * first).cummax(1).values  # (B, T) tokens of its sequence before each
+            same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)  # (B, T, T)
+            attn_mask = ((same & (col[None, :] <= col[:, None])) | torch.eye(T, dtype=torch.bool, device=idx.device))[:, None]
+        elif (mask is not None and not right_padded) or cache is not None:
             keys = real if cache is None else torch.cat([cache.key_mask[:, :p], real], dim=1)  # (B, S)
             qi = torch.arange(T, device=idx.device)[:, None] + p  # (T, 1) slot of each query
             kj = torch.arange(p + T, device=idx.device)[None, :]  # (1, S)

@@ -40,3 +40,46 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, drop_las
     if drop_last and out and len(out[-1]) < batch_size:
         out.pop()
     return out
+
+
+def pack_rows(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack the real tokens of padded rows into fewer rows: first-fit decreasing, each packed row at most T long.
+
+    ids, mask (B, T): every row's real tokens are one contiguous run (a left-padded prompt followed by a right-padded
+    response, as PPO's rows are). Returns
+      packed (B', T') ids, the runs one after another, pad_id after them (T' <= T: the fullest packed row);
+      segments (B', T') long, 1, 2, ... for the runs of each packed row and 0 on padding (GPT.hidden's segments=);
+      index (B, T) long, where each token of the input landed in packed.reshape(-1) (a pad: the first slot, 0),
+    so `hidden(packed, segments=segments).reshape(B' * T', D)[index]` gives every real token its hidden state in the
+    input's layout. Rows of equal length keep their input order (a stable sort), so the packing is deterministic."""
+    B, T = ids.shape
+    real = mask.bool()
+    lengths = real.sum(1).tolist()
+    starts = real.long().argmax(1).tolist()  # first real column (0 for an all-pad row)
+    for b in range(B):
+        if not bool(real[b, starts[b]:starts[b] + lengths[b]].all()):
+            raise ValueError(f"pack_rows: row {b}'s real tokens are not one contiguous run")
+    fill: list[int] = []  # tokens in each packed row so far
+    where = [(0, 0)] * B  # (packed row, offset) of each input row
+    for b in sorted(range(B), key=lambda i: -lengths[i]):
+        if lengths[b] == 0:
+            continue
+        row = next((r for r, n in enumerate(fill) if n + lengths[b] <= T), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        where[b] = (row, fill[row])
+        fill[row] += lengths[b]
+    Bp, Tp = max(1, len(fill)), max(fill, default=1)
+    packed = torch.full((Bp, Tp), pad_id, dtype=ids.dtype, device=ids.device)
+    segments = torch.zeros(Bp, Tp, dtype=torch.long, device=ids.device)
+    index = torch.zeros(B, T, dtype=torch.long, device=ids.device)
+    seg_no = [0] * Bp
+    for b in sorted(range(B), key=lambda i: where[i]):  # runs in offset order within each packed row: numbered 1, 2, ...
+        if lengths[b] == 0:
+            continue
+        (row, off), n, s = where[b], lengths[b], starts[b]
+        seg_no[row] += 1
+        packed[row, off:off + n] = ids[b, s:s + n]
+        segments[row, off:off + n] = seg_no[row]
+        index[b, s:s + n] = row * Tp + off + torch.arange(n, device=ids.device)
+    return packed, segments, index

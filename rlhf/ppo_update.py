@@ -57,6 +57,7 @@ class PPOHParams:
     grad_clip: float = 1.0          # each model's gradient norm (0: off)
     dtype: str = "fp32"             # "bf16": forwards under bf16 autocast; log-probs, ratios and losses stay fp32
     kl_loss_coef: float = 0.0       # GRPO: loss += beta * kl_loss(log pi, log pi_ref) (rlhf.ppo.kl_loss; needs batch.ref_logprobs)
+    pack: bool = False              # forwards on packed rows (rlhf.sampling.response_hidden): fewer slots, the same maths
 
 
 def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generator: torch.Generator) -> dict:
@@ -87,13 +88,13 @@ def ppo_update(policy, value, optimizers, batch: Batch, hp: PPOHParams, generato
         for idx in torch.randperm(B, generator=generator, device=generator.device).split(B // hp.minibatches):
             mb = batch[idx.to(device)]
             with autocast(hp.dtype, device):
+                rows = (mb.queries, mb.query_mask, mb.responses, mb.response_mask)
                 if shared:  # one forward: log-probs, entropy and values from the same hidden states
-                    logprobs, entropy, vpred = response_logprobs(policy, mb.queries, mb.query_mask, mb.responses, mb.response_mask,
-                                                                 hp.temperature, return_entropy=True, value_head=value)
+                    logprobs, entropy, vpred = response_logprobs(policy, *rows, hp.temperature, return_entropy=True,
+                                                                 value_head=value, pack=hp.pack)
                 else:
-                    logprobs, entropy = response_logprobs(policy, mb.queries, mb.query_mask, mb.responses, mb.response_mask,
-                                                          hp.temperature, return_entropy=True)
-                    vpred = response_values(value, mb.queries, mb.query_mask, mb.responses, mb.response_mask) if critic else None
+                    logprobs, entropy = response_logprobs(policy, *rows, hp.temperature, return_entropy=True, pack=hp.pack)
+                    vpred = response_values(value, *rows, pack=hp.pack) if critic else None
             pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.response_mask, hp.cliprange)
             loss, st = pg_loss, {"ppo/loss/policy": pg_loss.detach()}
             if critic:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from rlhf import distributed
 from rlhf.data import DataError, record_location
-from rlhf.padding import pad_left
+from rlhf.padding import pack_rows, pad_left
 from rlhf.model import GPT, generate
 from rlhf.tokenizer import too_long
 
@@ -81,25 +81,35 @@ def sample(model: GPT, tok, prompts: list[str], max_new_tokens: int, temperature
     return Rollout(list(prompts), texts, q, qm, r, rm, stopped)
 
 
-def response_hidden(model: GPT, query_ids, query_mask, response_ids, response_mask):
+def response_hidden(model: GPT, query_ids, query_mask, response_ids, response_mask, pack: bool = False):
     """Hidden states that predict each response token: column Tq - 1 + t of query + response predicts
-    response token t. One forward. -> (B, Tr, D)"""
+    response token t. One forward. -> (B, Tr, D)
+
+    pack: the forward runs on the rows' real tokens packed into fewer rows (rlhf.padding.pack_rows: each query +
+    response is one run of real tokens, attending only within itself), then the states go back to this layout;
+    the same states up to float rounding, on fewer token slots where responses vary in length. Padding positions
+    get the state of an arbitrary real token (every caller masks them)."""
     Tq = query_ids.shape[1]
     ids = torch.cat([query_ids, response_ids], 1)  # (B, Tq + Tr)
     mask = torch.cat([query_mask, response_mask], 1)
-    return model.hidden(ids, mask)[:, Tq - 1:-1]  # (B, Tr, D)
+    if not pack:
+        return model.hidden(ids, mask)[:, Tq - 1:-1]  # (B, Tr, D)
+    packed, segments, index = pack_rows(ids, mask)
+    h = model.hidden(packed, segments=segments)  # (B', T', D)
+    return h.reshape(-1, h.shape[-1])[index[:, Tq - 1:-1]]  # (B, Tr, D)
 
 
 def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
-                      return_entropy: bool = False, value_head=None):
+                      return_entropy: bool = False, value_head=None, pack: bool = False):
     """log pi(response token | everything before it), one forward over query + response.
 
     Returns (B, Tr) log-probs, 0 on padding; with return_entropy also the (B, Tr) entropy of each
     next-token distribution (detached: a statistic); with value_head (a module mapping (B, Tr, D) -> (B, Tr, 1)) also the
     values read from the same hidden states (a value head shared with the policy trunk). Logits are
     divided by the sampling temperature so the log-probs are those of the distribution that was sampled.
+    pack: the forward on packed rows (response_hidden).
     """
-    h = response_hidden(model, query_ids, query_mask, response_ids, response_mask)  # (B, Tr, D)
+    h = response_hidden(model, query_ids, query_mask, response_ids, response_mask, pack)  # (B, Tr, D)
     logits = F.linear(h, model.wte.weight).float()  # (B, Tr, V), tied output embedding; fp32 under bf16 autocast
     if temperature != 1.0:  # skipped at 1.0: a copy of the largest tensor of the step
         logits = logits / temperature
@@ -115,8 +125,8 @@ def response_logprobs(model: GPT, query_ids, query_mask, response_ids, response_
     return out[0] if len(out) == 1 else tuple(out)
 
 
-def response_values(value_model, query_ids, query_mask, response_ids, response_mask):
+def response_values(value_model, query_ids, query_mask, response_ids, response_mask, pack: bool = False):
     """V(s_t) for each response token t from a separate value model (a ScalarModel): its head read at
-    the position that predicts token t. -> (B, Tr), 0 on padding."""
-    h = response_hidden(value_model.gpt, query_ids, query_mask, response_ids, response_mask)
+    the position that predicts token t. -> (B, Tr), 0 on padding. pack: as response_hidden."""
+    h = response_hidden(value_model.gpt, query_ids, query_mask, response_ids, response_mask, pack)
     return value_model.read(h) * response_mask
