@@ -106,6 +106,8 @@ class Args:
                       check=device_error)
     dtype: str = arg("auto", "--dtype of every training stage (SFT, RM, PPO family, DPO; auto: each script's default, fp32 "
                      "on the CPU); sampling, scoring and evaluation stages keep their own default", choices=["auto", "fp32", "bf16"])
+    pack: bool = arg(False, "--pack on every SFT, RM and PPO-family stage: their training forwards on packed rows (the same "
+                     "maths up to float rounding, fewer token slots; DPO and the evaluations as they are)")
 
 # `--help` answers here, from Args alone: the imports below load torch and take seconds
 answer_help(__name__, Args, description=__doc__.split("\n")[0])
@@ -126,11 +128,14 @@ def _die_with_parent():
         pass
 
 
+PACKED_SCRIPTS = ("train_sft.py", "train_rm.py", "train_ppo.py")  # the trainers with --pack
+
+
 class Stages:
     """Runs the repo's scripts as cached, resumable stages behind one progress bar."""
 
-    def __init__(self, out: Path, total: int, threads: int, device: str = "auto", dtype: str = "auto"):
-        self.out, self.threads, self.device, self.dtype = out, threads, device, dtype
+    def __init__(self, out: Path, total: int, threads: int, device: str = "auto", dtype: str = "auto", pack: bool = False):
+        self.out, self.threads, self.device, self.dtype, self.pack = out, threads, device, dtype, pack
         (out / "stages").mkdir(parents=True, exist_ok=True)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.bar = tqdm(total=total, desc="reproduce", unit="stage")
@@ -147,6 +152,8 @@ class Stages:
             argv += ["--device", self.device]
         if self.dtype != "auto" and kind == "train":  # likewise left out for auto
             argv += ["--dtype", self.dtype]
+        if self.pack and script in PACKED_SCRIPTS:  # left out when off
+            argv += ["--pack"]
         # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
         inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
         cmd = {"script": script, "argv": argv, "inputs": inputs}
@@ -358,7 +365,7 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
-    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device, args.dtype)
+    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device, args.dtype, args.pack)
     t0 = time.time()
     records = run_all(st, args, methods, levels)
     st.bar.close()

@@ -27,11 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, PackArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
-class Args(DataArgs, TrainArgs):
+class Args(DataArgs, TrainArgs, PackArgs):
     data: str = arg("data/story", "directory from prepare_data.py (prompts_rl.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
     sft: str = arg("runs/sft/ckpt", "SFT checkpoint: the initial policy and the frozen reference", reads=True)
     rm: str | None = arg("runs/rm/ckpt", "reward model checkpoint (unused with --reward gold)", reads=True)
@@ -75,9 +75,6 @@ class Args(DataArgs, TrainArgs):
                             "predicts, its output lowered by the mean baseline over the RL prompts (--no-value-shift: the RM's "
                             "raw scale, which value clipping lets move by --cliprange-value an iteration)")
     grad_clip: float = arg(1.0, "clip each model's gradient norm (0: off)", ge=0.0)
-    pack: bool = arg(False, "the forwards over rollouts (log-probs, values, the update) run on the rows' real tokens packed "
-                     "into fewer rows (rlhf.padding.pack_rows): the same log-probs, gradients equal up to float rounding, "
-                     "fewer token slots where responses vary in length (docs/performance.md)")
     eval_every: int = arg(10, "held-out evaluation every N iterations", ge=1)
     n_eval: int = arg(100, "held-out prompts per evaluation", ge=1, le=10**7)
     onpolicy_samples: int = arg(4, "each evaluation also scores the RM's gold accuracy on all C(n, 2) pairs of n policy samples "

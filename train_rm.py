@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, PackArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
-class Args(DataArgs, TrainArgs):
+class Args(DataArgs, TrainArgs, PackArgs):
     data: str = arg("data/story", "directory from prepare_data.py (preferences.jsonl, meta.json)", reads=True)
     pairs: str | None = arg(None, "a preferences JSONL to use instead of DATA/preferences.jsonl", reads=True)
     sft: str = arg("runs/sft/ckpt", "SFT policy checkpoint: the trunk and tokenizer to start from", reads=True)
@@ -199,7 +199,7 @@ def main(argv=None):
                 rows_of = uml_layout(len(mb), len(views[0]))
                 margin = torch.tensor([float(r.get("margin", 0.0)) for r in mb], device=dev) if any("margin" in r for r in mb) else None
                 with autocast(args.dtype, dev):  # --dtype bf16: the trunk in bf16; the reward head reads out fp32
-                    r, h = rm.score(ids.to(dev), mask.to(dev), return_hidden=True)  # (2(B+U),), (2(B+U), D)
+                    r, h = rm.score(ids.to(dev), mask.to(dev), return_hidden=True, pack=args.pack)  # (2(B+U),), (2(B+U), D)
                 h = h.float()  # the RLP-UML heads and losses in fp32
                 share = len(mb) / len(batch) if args.grad_accum > 1 else 1.0  # accumulated: this micro-batch's share
                 bt_mb = bradley_terry_loss(r[rows_of["chosen"]], r[rows_of["rejected"]], margin) * share

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.config import DataArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
+from rlhf.config import DataArgs, PackArgs, TrainArgs, answer_help, arg, config_to_dict, parse_args
 
 
 @dataclass
-class Args(DataArgs, TrainArgs):
+class Args(DataArgs, TrainArgs, PackArgs):
     data: str = arg("data/story", "directory from prepare_data.py (sft.jsonl, prompts_eval.jsonl, meta.json)", reads=True)
     sft_file: str | None = arg(None, "an SFT JSONL to use instead of DATA/sft.jsonl", reads=True)
     eval_prompts: str | None = arg(None, "a prompts JSONL to use instead of DATA/prompts_eval.jsonl (the final evaluation)", reads=True)
@@ -92,6 +92,7 @@ from rlhf.optim import lr_factor, make_optimizer, set_lr
 from rlhf.precision import autocast, maybe_compile
 from rlhf.resume import resume, save_step
 from rlhf.sampling import check_prompts_fit, sample
+from rlhf.padding import pack_like, pack_rows
 from rlhf.sft import join_prompt_response, sft_loss
 from rlhf.tokenizer import Tokenizer, too_long
 
@@ -185,9 +186,12 @@ def main(argv=None):
         with oom_guard(f"SFT step {step + 1}", f"--batch-size {args.batch_size} (raise --grad-accum to keep the step's batch)", ckpt):
             for ids, mask, rmask in micro:
                 ids, mask, rmask = ids.to(dev), mask.to(dev), rmask.to(dev)
-                with autocast(args.dtype, dev):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
-                    logits = model(ids, mask)
                 share = rmask[:, 1:].sum() / n_tok if len(micro) > 1 else 1.0  # accumulated: this micro-batch's share of the tokens
+                if args.pack:  # the same loss terms on packed rows: a sequence's next token never crosses into the next
+                    packed, segments, index = pack_rows(ids, mask)
+                    ids, rmask = packed, pack_like(rmask, mask, index, packed.shape)
+                with autocast(args.dtype, dev):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
+                    logits = model(ids, None if args.pack else mask, segments=segments if args.pack else None)
                 local = sft_loss(logits, ids, rmask) * share * weight
                 local.backward()
                 loss = loss + local.detach()

@@ -220,6 +220,14 @@ class DeviceArgs:
 
 
 @dataclass
+class PackArgs:
+    """--pack, for the trainers whose forwards can run on packed rows (SFT, RM, the PPO family)."""
+    pack: bool = arg(False, "training forwards run on the rows' real tokens packed into fewer rows (rlhf.padding.pack_rows; each "
+                     "sequence attends only within itself): the same loss up to float rounding, on fewer token slots where "
+                     "lengths vary (docs/performance.md); part of the run's identity")
+
+
+@dataclass
 class DataArgs:
     """How a script reads the field's JSONL formats (rlhf/formats.py): other key names and the chat template."""
     prompt_key: str = arg("prompt", "field holding the prompt (text or a list of turns)")

@@ -21,6 +21,8 @@ import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rlhf.padding import pack_rows
+
 
 @dataclass
 class GPTConfig:
@@ -217,9 +219,9 @@ class GPT(nn.Module):
             cache.pos = p + T
         return self.ln_f(x)
 
-    def forward(self, idx, mask=None, cache: KVCache | None = None):
-        """-> logits (B, T, V); the output projection is the token embedding (tied weights)."""
-        return F.linear(self.hidden(idx, mask, cache), self.wte.weight)
+    def forward(self, idx, mask=None, cache: KVCache | None = None, segments=None):
+        """-> logits (B, T, V); the output projection is the token embedding (tied weights). segments: packed rows (hidden)."""
+        return F.linear(self.hidden(idx, mask, cache, segments), self.wte.weight)
 
 
 def last_token_index(mask):
@@ -255,10 +257,18 @@ class ScalarModel(nn.Module):
         """-> (B, T) head output at every token."""
         return self.read(self.gpt.hidden(idx, mask))
 
-    def score(self, idx, mask, return_hidden: bool = False):
-        """-> (B,) head output at the last real token (and that hidden state (B, D) if asked)."""
-        h = self.gpt.hidden(idx, mask)  # (B, T, D)
-        last = h[torch.arange(h.shape[0], device=h.device), last_token_index(mask)]  # (B, D)
+    def score(self, idx, mask, return_hidden: bool = False, pack: bool = False):
+        """-> (B,) head output at the last real token (and that hidden state (B, D) if asked). pack: the trunk runs on
+        the rows' real tokens packed into fewer rows (rlhf.padding.pack_rows; rows of right-padded real tokens): the
+        same scores up to float rounding, on fewer token slots."""
+        rows = torch.arange(idx.shape[0], device=idx.device)
+        if pack:
+            packed, segments, index = pack_rows(idx, mask)
+            h = self.gpt.hidden(packed, segments=segments)  # (B', T', D)
+            last = h.reshape(-1, h.shape[-1])[index[rows, last_token_index(mask)]]  # (B, D)
+        else:
+            h = self.gpt.hidden(idx, mask)  # (B, T, D)
+            last = h[rows, last_token_index(mask)]  # (B, D)
         r = self.read(last)
         return (r, last) if return_hidden else r
 

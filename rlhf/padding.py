@@ -83,3 +83,12 @@ def pack_rows(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0) -> tuple[t
         segments[row, off:off + n] = seg_no[row]
         index[b, s:s + n] = row * Tp + off + torch.arange(n, device=ids.device)
     return packed, segments, index
+
+
+def pack_like(x: torch.Tensor, mask: torch.Tensor, index: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Another (B, T) tensor of the same rows (a response mask, targets) laid out as pack_rows packed the ids:
+    -> (B', T') with x's real entries in place and 0 elsewhere. shape: the packed ids' (B', T')."""
+    out = torch.zeros(shape[0] * shape[1], dtype=x.dtype, device=x.device)
+    real = mask.bool()
+    out[index[real]] = x[real]
+    return out.view(shape)

@@ -100,3 +100,40 @@ def test_train_ppo_pack_runs_and_is_part_of_the_run(algo, tmp_path):
     assert a["ppo/loss/policy"] == pytest.approx(b["ppo/loss/policy"], abs=1e-5)
     p = run("train_ppo.py", *common, "--pack", "--out", str(tmp_path / "--pack"), "--resume", "--no-pack", "--steps", "3", check=False)
     assert p.returncode != 0 and "--pack" in p.stderr  # a flag of the run's identity: refused on resume
+
+
+def test_packed_sft_loss_and_rm_scores_match_the_padded_ones():
+    """SFT: the loss on packed rows has the same terms (a sequence's last token never predicts the next sequence's first,
+    whose response mask is 0); RM: the score at each row's last real token."""
+    from rlhf.padding import pack_like
+    from rlhf.sft import join_prompt_response, sft_loss
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 97, (int(torch.randint(2, 8, (1,), generator=g)),), generator=g).tolist() for _ in range(10)]
+    responses = [torch.randint(3, 97, (int(torch.randint(1, 30, (1,), generator=g)),), generator=g).tolist() for _ in range(10)]
+    ids, mask, rmask = join_prompt_response(prompts, responses, pad_id=0)
+    m = GPT(cfg)
+    loss = sft_loss(m(ids, mask), ids, rmask)
+    packed, seg, index = pack_rows(ids, mask)
+    prm = pack_like(rmask, mask, index, packed.shape)
+    assert prm.sum() == rmask.sum() and packed.numel() < ids.numel()
+    assert torch.allclose(sft_loss(m(packed, segments=seg), packed, prm), loss, atol=1e-6)
+    rm = ScalarModel(cfg)
+    s, h = rm.score(ids, mask, return_hidden=True)
+    sp, hp = rm.score(ids, mask, return_hidden=True, pack=True)
+    assert torch.allclose(s, sp, atol=1e-5) and torch.allclose(h, hp, atol=1e-5)
+
+
+@pytest.mark.parametrize("script, extra", [("train_sft.py", ["--steps", "6", "--n-eval", "0"]),
+                                           ("train_rm.py", ["--epochs", "0.02", "--n-policy-pairs", "0"])])
+def test_train_sft_and_rm_pack_stay_close_to_the_padded_run(algo, tmp_path, script, extra):
+    """A few steps with and without --pack: the same losses step by step up to float rounding."""
+    key = "sft/loss" if script == "train_sft.py" else "rm/loss"
+    sft = [] if script == "train_sft.py" else ["--sft", str(algo / "sft" / "ckpt")]
+    losses = {}
+    for pack in ("--no-pack", "--pack"):
+        out = tmp_path / pack
+        run(script, "--preset", "smoke", "--data", str(algo / "data"), *sft, *extra, "--threads", "1", pack, "--out", str(out))
+        losses[pack] = [r[key] for r in map(json.loads, (out / "metrics.jsonl").open()) if key in r]
+    assert len(losses["--pack"]) >= 2 and losses["--pack"] == pytest.approx(losses["--no-pack"], rel=1e-4)

@@ -189,6 +189,11 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     assert {c[0] for c in cmds if "--dtype" in c} == {"train_sft.py", "train_rm.py", "train_ppo.py", "train_dpo.py"}
     assert all(c[c.index("--dtype") + 1] == "bf16" for c in cmds if "--dtype" in c)
     assert {c[0] for c in cmds if "--dtype" not in c} == {"prepare_data.py", "sample_baselines.py", "evaluate.py"}
+    assert not any("--pack" in c for c in cmds)
+    cmds.clear()
+    args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "pack"), "--methods", "sft,ppo,contrastive,dpo", "--pack"])
+    reproduce.run_all(reproduce.Stages(Path(args.out), 99, 0, pack=args.pack), args, ["sft", "ppo", "contrastive", "dpo"], [])
+    assert {c[0] for c in cmds if "--pack" in c} == {"train_sft.py", "train_rm.py", "train_ppo.py"}  # DPO has no --pack
     args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / "w"), "--methods", "sft", "--noisy-share", "0.25",
                                                  "--noisy-kind", "misread", "--attributes", "1-4", "--unlabelled-ratio", "2"])
     cmds.clear()
