@@ -188,7 +188,7 @@ def main(argv=None):
                 ids, mask, rmask = ids.to(dev), mask.to(dev), rmask.to(dev)
                 share = rmask[:, 1:].sum() / n_tok if len(micro) > 1 else 1.0  # accumulated: this micro-batch's share of the tokens
                 if args.pack:  # the same loss terms on packed rows: a sequence's next token never crosses into the next
-                    packed, segments, index = pack_rows(ids, mask)
+                    packed, segments, index = pack_rows(ids, mask, capacity=mcfg.block_size)
                     ids, rmask = packed, pack_like(rmask, mask, index, packed.shape)
                 with autocast(args.dtype, dev):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
                     logits = model(ids, None if args.pack else mask, segments=segments if args.pack else None)

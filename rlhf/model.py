@@ -263,7 +263,7 @@ class ScalarModel(nn.Module):
         same scores up to float rounding, on fewer token slots."""
         rows = torch.arange(idx.shape[0], device=idx.device)
         if pack:
-            packed, segments, index = pack_rows(idx, mask)
+            packed, segments, index = pack_rows(idx, mask, capacity=self.config.block_size)
             h = self.gpt.hidden(packed, segments=segments)  # (B', T', D)
             last = h.reshape(-1, h.shape[-1])[index[rows, last_token_index(mask)]]  # (B, D)
         else:

@@ -42,17 +42,20 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None, drop_las
     return out
 
 
-def pack_rows(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pack the real tokens of padded rows into fewer rows: first-fit decreasing, each packed row at most T long.
+def pack_rows(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0, capacity: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack the real tokens of padded rows into fewer rows: first-fit decreasing, each packed row at most `capacity`
+    tokens long (default and at least: T, so the longest row fits; a model's block_size fits more sequences a row).
 
     ids, mask (B, T): every row's real tokens are one contiguous run (a left-padded prompt followed by a right-padded
     response, as PPO's rows are). Returns
-      packed (B', T') ids, the runs one after another, pad_id after them (T' <= T: the fullest packed row);
+      packed (B', T') ids, the runs one after another, pad_id after them (T' <= capacity: the fullest packed row);
       segments (B', T') long, 1, 2, ... for the runs of each packed row and 0 on padding (GPT.hidden's segments=);
       index (B, T) long, where each token of the input landed in packed.reshape(-1) (a pad: the first slot, 0),
     so `hidden(packed, segments=segments).reshape(B' * T', D)[index]` gives every real token its hidden state in the
     input's layout. Rows of equal length keep their input order (a stable sort), so the packing is deterministic."""
     B, T = ids.shape
+    cap = max(T, capacity or T)
     real = mask.bool()
     lengths = real.sum(1).tolist()
     starts = real.long().argmax(1).tolist()  # first real column (0 for an all-pad row)
@@ -64,7 +67,7 @@ def pack_rows(ids: torch.Tensor, mask: torch.Tensor, pad_id: int = 0) -> tuple[t
     for b in sorted(range(B), key=lambda i: -lengths[i]):
         if lengths[b] == 0:
             continue
-        row = next((r for r, n in enumerate(fill) if n + lengths[b] <= T), len(fill))
+        row = next((r for r, n in enumerate(fill) if n + lengths[b] <= cap), len(fill))
         if row == len(fill):
             fill.append(0)
         where[b] = (row, fill[row])

@@ -94,7 +94,7 @@ def response_hidden(model: GPT, query_ids, query_mask, response_ids, response_ma
     mask = torch.cat([query_mask, response_mask], 1)
     if not pack:
         return model.hidden(ids, mask)[:, Tq - 1:-1]  # (B, Tr, D)
-    packed, segments, index = pack_rows(ids, mask)
+    packed, segments, index = pack_rows(ids, mask, capacity=model.config.block_size)
     h = model.hidden(packed, segments=segments)  # (B', T', D)
     return h.reshape(-1, h.shape[-1])[index[:, Tq - 1:-1]]  # (B, Tr, D)
 

@@ -20,6 +20,8 @@ def test_pack_rows_by_hand():
     assert seg.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 2, 2]]
     assert index.tolist() == [[0, 0, 5, 6, 7, 0], [0, 0, 1, 2, 3, 4], [8, 9, 0, 0, 0, 0]]
     assert torch.equal(packed.reshape(-1)[index] * (ids > 0), ids)  # every real token comes back to its place
+    wide = pack_rows(ids, (ids > 0).float(), pad_id=0, capacity=10)  # a wider row holds all three
+    assert wide[0].tolist() == [[8, 9, 1, 2, 3, 5, 6, 7, 4, 4]] and wide[1].tolist() == [[1, 1, 1, 1, 1, 2, 2, 2, 3, 3]]
     with pytest.raises(ValueError, match="row 0's real tokens are not one contiguous run"):
         pack_rows(torch.tensor([[1, 0, 1]]), torch.tensor([[1.0, 0.0, 1.0]]))
 
@@ -115,7 +117,7 @@ def test_packed_sft_loss_and_rm_scores_match_the_padded_ones():
     ids, mask, rmask = join_prompt_response(prompts, responses, pad_id=0)
     m = GPT(cfg)
     loss = sft_loss(m(ids, mask), ids, rmask)
-    packed, seg, index = pack_rows(ids, mask)
+    packed, seg, index = pack_rows(ids, mask, capacity=cfg.block_size)
     prm = pack_like(rmask, mask, index, packed.shape)
     assert prm.sum() == rmask.sum() and packed.numel() < ids.numel()
     assert torch.allclose(sft_loss(m(packed, segments=seg), packed, prm), loss, atol=1e-6)

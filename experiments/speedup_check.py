@@ -1,17 +1,20 @@
-"""bf16 autocast against fp32 on whole pipeline seeds: do gold win rates and RM accuracies stay within fp32's seed spread?
+"""A speed-up against plain fp32 seeds: do gold win rates and RM accuracies stay within fp32's seed spread?
 
-    python3 experiments/bf16_check.py --seeds 3 --threads 2
+    python3 experiments/speedup_check.py --variant bf16 --seeds 3 --threads 2    # bf16 autocast
+    python3 experiments/speedup_check.py --variant pack --seeds 3 --threads 2    # packed rows (--pack)
 
-Runs `reproduce.py --methods sft,ppo --seeds N` twice, into --fp32 (the default dtype) and --bf16 (`--dtype bf16`:
-SFT, RM and PPO train under bf16 autocast; every evaluation samples and scores in fp32, on the same 2,000 held-out
-prompts). Finished stages are found and reused (reproduce.py's cache), so the command resumes and can extend a
-finished run with more seeds. Seed k of both runs shares its data (prompts, demonstrations, labels); each dtype
-trains its own SFT, RM and PPO from it.
+Runs `reproduce.py --methods sft,ppo --seeds N` twice, into --fp32 (the defaults) and --out (the variant: `--dtype bf16`,
+SFT, RM and PPO under bf16 autocast; or `--pack`, their training forwards on packed rows). Every evaluation samples
+and scores in fp32 on the same 2,000 held-out prompts. Finished stages are found and reused (reproduce.py's cache),
+so the command resumes and can extend a finished run with more seeds. Seed k of both runs shares its data (prompts,
+demonstrations, labels); each trains its own SFT, RM and PPO from it.
 
-Writes --bf16/bf16_check.md and .json: per figure (SFT gold, the RM's gold accuracy on held-out pairs and on pairs of
+Writes OUT/speedup_check.md and .json: per figure (SFT gold, the RM's gold accuracy on held-out pairs and on pairs of
 two SFT samples, PPO's gold win rate against its own SFT, PPO's gold and KL, each training stage's seconds) the fp32
-and bf16 values seed by seed, their means and stds, and the paired difference bf16 - fp32 with a 95% t-interval over
-seeds. "Within the spread" means |mean difference| <= fp32's std over seeds.
+and the variant's values seed by seed, their means and stds, and the paired difference variant - fp32 with a 95%
+t-interval over seeds. "Within the spread" means |mean difference| <= fp32's std over seeds. The stage seconds are
+wall time as the runs went (a machine shared with other work inflates them); bench.py and experiments/pack_ab.py
+time the steps themselves.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ from rlhf.config import answer_help, arg, parse_args  # noqa: E402
 
 @dataclass
 class Args:
+    variant: str = arg("bf16", "the speed-up: bf16 (reproduce.py --dtype bf16) or pack (reproduce.py --pack)", choices=["bf16", "pack"])
     fp32: str = arg("runs/r22", "reproduce.py output directory of the fp32 seeds")
-    bf16: str = arg("runs/bf16", "reproduce.py output directory of the bf16 seeds")
+    out: str | None = arg(None, "reproduce.py output directory of the variant's seeds (default: runs/<variant>)")
     seeds: int = arg(3, "pipeline seeds 0..N-1 of each dtype", ge=2, le=100)
     preset: str = arg("tiny", "reproduce.py's --preset (smoke: a quick check of this script)", choices=["smoke", "tiny", "small"])
     task: str = arg("story", "reproduce.py's --task", choices=["story", "algo"])
@@ -63,12 +67,12 @@ def figures(out: Path, seeds: int) -> dict[str, list[float]]:
     return got
 
 
-def compare(fp32: dict[str, list[float]], bf16: dict[str, list[float]]) -> dict[str, dict]:
-    """Per figure: both dtypes' values, means and stds, and the paired difference bf16 - fp32 (mean, 95% t-interval);
-    a figure missing (NaN) from any seed is left out."""
+def compare(fp32: dict[str, list[float]], variant: dict[str, list[float]]) -> dict[str, dict]:
+    """Per figure: both runs' values, means and stds, and the paired difference variant - fp32 (mean, 95% t-interval);
+    a figure missing (NaN) from any seed is left out. (The keys say bf16 for the variant, whichever it is.)"""
     rows = {}
     for label in fp32:
-        a, b = fp32[label], bf16[label]
+        a, b = fp32[label], variant[label]
         if not all(math.isfinite(x) for x in a + b):  # a figure this preset does not report
             continue
         diff, lo, hi = mean_t_interval([y - x for x, y in zip(a, b)])
@@ -79,9 +83,9 @@ def compare(fp32: dict[str, list[float]], bf16: dict[str, list[float]]) -> dict[
     return rows
 
 
-def table(rows: dict[str, dict], command: str) -> str:
-    lines = ["| figure | fp32 per seed | bf16 per seed | fp32 mean ± std | bf16 mean ± std | bf16 - fp32, paired [95% CI] "
-             "| within fp32's seed spread? |", "|---|---|---|---|---|---|---|"]
+def table(rows: dict[str, dict], command: str, variant: str = "bf16") -> str:
+    lines = [f"| figure | fp32 per seed | {variant} per seed | fp32 mean ± std | {variant} mean ± std | {variant} - fp32, paired "
+             "[95% CI] | within fp32's seed spread? |", "|---|---|---|---|---|---|---|"]
     for label, r in rows.items():
         fmt = "{:.0f}" if label.startswith("seconds") else "{:.3f}"
         seeds = lambda xs: ", ".join(fmt.format(x) for x in xs)  # noqa: E731
@@ -96,13 +100,14 @@ def main(argv=None):
     args = parse_args(Args, argv, description=__doc__.split("\n")[0])
     common = ["--methods", "sft,ppo", "--seeds", str(args.seeds), "--preset", args.preset, "--task", args.task,
               "--threads", str(args.threads)]
+    out = Path(args.out or f"runs/{args.variant}")
     if args.run:
-        for out, dtype in ((args.fp32, []), (args.bf16, ["--dtype", "bf16"])):
-            subprocess.run([sys.executable, "reproduce.py", "--out", out, *common, *dtype], cwd=ROOT, check=True)
-    rows = compare(figures(Path(args.fp32), args.seeds), figures(Path(args.bf16), args.seeds))
-    text = table(rows, "python3 experiments/bf16_check.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    write_json(Path(args.bf16) / "bf16_check.json", rows)
-    (Path(args.bf16) / "bf16_check.md").write_text(text)
+        for d, flags in ((args.fp32, []), (out, ["--dtype", "bf16"] if args.variant == "bf16" else ["--pack"])):
+            subprocess.run([sys.executable, "reproduce.py", "--out", str(d), *common, *flags], cwd=ROOT, check=True)
+    rows = compare(figures(Path(args.fp32), args.seeds), figures(out, args.seeds))
+    text = table(rows, "python3 experiments/speedup_check.py " + " ".join(sys.argv[1:] if argv is None else argv), args.variant)
+    write_json(out / "speedup_check.json", rows)
+    (out / "speedup_check.md").write_text(text)
     print(text)
 
 
