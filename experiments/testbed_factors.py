@@ -71,6 +71,27 @@ def misread_runs(s0: Path, f: Path, rm: list[str], threads: list[str]):
          "--reference-samples", str(s0 / "eval" / "sft.json"), "--out", str(f / "eval_ppo_misread.json"))
 
 
+def mood_probe(rm_ckpt: Path, prompts_file: Path, task) -> dict[str, tuple[float, float]]:
+    """mood -> (share of its held-out prompts on which the RM scores the reference story of the requested mood above the
+    reference story of the partner mood, mean score margin of the former over the latter)."""
+    from rlhf.checkpoint import load_model
+    from rlhf.data import read_jsonl
+    from rlhf.reward import score_ids
+    from rlhf.tasks.story import MISREAD, parse_prompt
+    rm, tok, _ = load_model(rm_ckpt, "rm")
+    prompts = [r["prompt"] for r in read_jsonl(prompts_file, "prompts")]
+    right = [task.reference(p) for p in prompts]
+    other = [task.reference(p.replace(f" {m} story", f" {MISREAD[m]} story")) for p in prompts for m in [parse_prompt(p)[0]]]
+    ids = tok.encode_prompts(prompts)
+    margin = (score_ids(rm, ids, tok.encode_responses(right), tok.pad_id)
+              - score_ids(rm, ids, tok.encode_responses(other), tok.pad_id)).tolist()
+    out = {}
+    for m in task.families:
+        ms = [x for p, x in zip(prompts, margin) if parse_prompt(p)[0] == m]
+        out[m] = (sum((x > 0) + 0.5 * (x == 0) for x in ms) / len(ms), sum(ms) / len(ms))
+    return out
+
+
 def misread_table(s0: Path, f: Path, g) -> list[str]:
     """Factor 5's two tables: the RMs on the noisy mood's pairs and the others'; the policies' gold there."""
     from rlhf.data import read_objects
@@ -89,6 +110,14 @@ def misread_table(s0: Path, f: Path, g) -> list[str]:
         lines.append(f"| {name} | {g(d, 'rm/gold_accuracy')} | {g(d, 'rm/gold_accuracy_noisy')} | {g(d, 'rm/gold_accuracy_clean')} | "
                      f"{n(d, 'rm/component/mood_noisy')} | {n(d, 'rm/component/mood_clean')} | {g(d, 'sft_pairs/gold_accuracy')} | "
                      f"{g(d, 'sft_pairs/gold_accuracy_noisy')} | {g(d, 'sft_pairs/gold_accuracy_clean')} |")
+    lines += ["", "The mood probe: for every held-out prompt, the reference story for its mood against the reference story for "
+              "the partner mood (the same name, object and colour: the pair differs in gold only by the mood). Share of "
+              "pairs the RM orders as gold does, and the mean RM margin (its normalised score, std 1 on held-out pairs) "
+              "of the right story over the other:", "",
+              "| RM | " + " | ".join(f"{m}: right, margin" for m in task.families) + " |", "|---|" + "---|" * len(task.families)]
+    for name, d in (("default RM", s0 / "rm"), ("RM on the misread labels", f / "rm_misread")):
+        probe = mood_probe(d / "ckpt", s0 / "data" / "prompts_eval.jsonl", task)
+        lines.append(f"| {name} | " + " | ".join(f"{probe[m][0]:.3f}, {probe[m][1]:+.2f}" for m in task.families) + " |")
     lines += ["", "| policy (held-out prompts) | gold, noisy mood | gold, other moods | win rate vs SFT, noisy mood | "
               "other moods | KL |", "|---|---|---|---|---|---|"]
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731

@@ -242,8 +242,9 @@ def rm_diagnostics(prompts, chosen, rejected, s_chosen, s_rejected, task=None) -
         if task.annotator["noisy_share"]:
             for part, want in (("noisy", True), ("clean", False)):
                 sub = [i for i in idx if task.noisy(prompts[i]) == want]
-                out[f"rm/component/{name}_{part}"] = gold_order(sc.tolist(), sr.tolist(), sub)
-                out[f"rm/component/{name}_{part}/n"] = len(sub)
+                if sub:  # (none: no figure, rather than NaN)
+                    out[f"rm/component/{name}_{part}"] = gold_order(sc.tolist(), sr.tolist(), sub)
+                    out[f"rm/component/{name}_{part}/n"] = len(sub)
     fams = {}
     for i in decided:
         fams.setdefault(task.family(prompts[i]), []).append(i)
