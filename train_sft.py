@@ -187,11 +187,12 @@ def main(argv=None):
             for ids, mask, rmask in micro:
                 ids, mask, rmask = ids.to(dev), mask.to(dev), rmask.to(dev)
                 share = rmask[:, 1:].sum() / n_tok if len(micro) > 1 else 1.0  # accumulated: this micro-batch's share of the tokens
+                segments = None
                 if args.pack:  # the same loss terms on packed rows: a sequence's next token never crosses into the next
                     packed, segments, index = pack_rows(ids, mask, capacity=mcfg.block_size)
-                    ids, rmask = packed, pack_like(rmask, mask, index, packed.shape)
+                    ids, mask, rmask = packed, None, pack_like(rmask, mask, index, packed.shape)
                 with autocast(args.dtype, dev):  # --dtype bf16: the forward in bf16; sft_loss casts the logits to fp32
-                    logits = model(ids, None if args.pack else mask, segments=segments if args.pack else None)
+                    logits = model(ids, mask, segments=segments)
                 local = sft_loss(logits, ids, rmask) * share * weight
                 local.backward()
                 loss = loss + local.detach()
