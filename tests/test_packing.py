@@ -67,7 +67,8 @@ def test_packed_logprobs_values_and_update_match_the_padded_ones():
         grads = torch.cat([p.grad.flatten() for p in [*policy.parameters(), *value.parameters()]])
         batch = Batch(q, qm, r, rm, lp.detach() + 0.01 * rm, v.detach(), torch.randn(r.shape, generator=torch.Generator().manual_seed(2)) * rm,
                       v.detach() + 0.5 * rm)
-        opts = [torch.optim.AdamW(m.parameters(), lr=1e-3) for m in (policy, value)]
+        opts = [torch.optim.SGD(m.parameters(), lr=1e-2) for m in (policy, value)]  # (Adam's first step is lr * sign(g): a
+        # near-zero gradient element whose sign rounding flips would move by 2 lr; SGD moves by lr times the difference)
         stats = ppo_update(policy, value, opts, batch, PPOHParams(minibatches=3, pack=pack), torch.Generator().manual_seed(3))
         out[pack] = lp.detach(), v.detach(), grads, stats, torch.cat([p.detach().flatten() for p in policy.parameters()])
     (lp0, v0, g0, s0, w0), (lp1, v1, g1, s1, w1) = out[False], out[True]
