@@ -77,11 +77,11 @@ def mood_probe(rm_ckpt: Path, prompts_file: Path, task) -> dict[str, tuple[float
     from rlhf.checkpoint import load_model
     from rlhf.data import read_jsonl
     from rlhf.reward import score_ids
-    from rlhf.tasks.story import MISREAD, parse_prompt
+    from rlhf.tasks.story import parse_prompt
     rm, tok, _ = load_model(rm_ckpt, "rm")
     prompts = [r["prompt"] for r in read_jsonl(prompts_file, "prompts")]
     right = [task.reference(p) for p in prompts]
-    other = [task.reference(p.replace(f" {m} story", f" {MISREAD[m]} story")) for p in prompts for m in [parse_prompt(p)[0]]]
+    other = [task.reference(task.misread(p)) for p in prompts]  # the partner mood's story (StoryTask.misread swaps it)
     ids = tok.encode_prompts(prompts)
     margin = (score_ids(rm, ids, tok.encode_responses(right), tok.pad_id)
               - score_ids(rm, ids, tok.encode_responses(other), tok.pad_id)).tolist()
