@@ -263,7 +263,7 @@ def run_diagnostics(runs: list[dict]) -> list[dict]:
     10, the last logged on-policy gold accuracy of the RM it trained against and of the first RM) and the
     diagnostics of that RM (RM_KEYS). runs: dicts with flip_rate, method, run_seed, rm, dir and optionally kl_coef."""
     def mean_of(logged, key, part):
-        xs = [r[key] for r in logged if key in r]
+        xs = [r[key] for r in logged if isinstance(r.get(key), (int, float)) and r[key] == r[key]]  # logged, not null or NaN
         xs = xs[:10] if part == "first" else xs[-10:] if part == "last10" else xs[-1:]
         return statistics.fmean(xs) if xs else None
     rows = []

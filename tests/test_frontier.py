@@ -125,3 +125,21 @@ def test_frontier_table_pairs_runs_at_the_same_coefficient():
     # KL 4: contrastive seed 1 never gets there (missing, not extrapolated): one pair, no interval
     assert c["gold@kl4_n"] == 1 and c["gold@kl4_minus_ppo"] == (pytest.approx(0.075), None, None)
     assert c["gold@kl8"] is None and "missing" in report.frontier_table(table)
+
+
+def test_run_diagnostics_skips_unlogged_and_undecided_accuracies(tmp_path):
+    """runs.csv's mechanism logs by hand; an on-policy accuracy written as null (no pair decided by gold, which
+    small evaluations meet) is left out of its mean rather than breaking the report."""
+    run, rm = tmp_path / "ppo", tmp_path / "rm"
+    run.mkdir(), rm.mkdir()
+    rows = [{"step": 0, "rm/onpolicy_gold_accuracy": 0.5},
+            {"step": 1, "ppo/advantages/var": 2.0, "value/eos_error": 0.25},
+            {"step": 2, "ppo/advantages/var": 4.0, "value/eos_error": -0.75},
+            {"step": 3, "rm/onpolicy_gold_accuracy": 0.75},
+            {"step": 4, "rm/onpolicy_gold_accuracy": None}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d,) = report.run_diagnostics([{"flip_rate": 0.0, "method": "ppo", "run_seed": 0, "rm": rm, "dir": run}])
+    assert d["advantage_var_first10"] == 3.0 and d["advantage_var_last10"] == 3.0
+    assert d["value_eos_error_first10"] == -0.25
+    assert d["onpolicy_acc_last"] == 0.75  # the last one logged with a value
+    assert d["first_rm_onpolicy_acc_last"] is None
