@@ -41,7 +41,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,7 +103,11 @@ class Args:
                        "paired table (supported / not supported / inconclusive)", gt=0.0, le=1.0)
     noise_sweep: bool = arg(False, "also rerun labels, RM and the PPO-family at --noise-levels")
     noise_levels: str = arg("0.0,0.1,0.25,0.4", "annotator label-flip rates for --noise-sweep, each in [0, 0.5]")
-    threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads)", ge=0, le=4096)
+    threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads; with "
+                       "--jobs J, those CPUs divided by J)", ge=0, le=4096)
+    jobs: int = arg(1, "seeds run side by side, each stage of a seed in its own process (2 on 2 cores: each stage on one "
+                    "thread; docs/performance.md measures what it gains). The stages' commands are those of --jobs 1 with the "
+                    "same --threads, so the outputs are too", ge=1, le=64)
     device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
                       check=device_error)
     dtype: str = arg("auto", "--dtype of every training stage (SFT, RM, PPO family, DPO; auto: each script's default, fp32 "
@@ -118,14 +124,22 @@ from rlhf.data import read_json, write_json
 from rlhf.run import provenance, run_cli
 
 
-def _die_with_parent():
-    """In the child, before exec: on Linux, ask for SIGKILL when reproduce.py dies (even by SIGKILL), so a killed
-    run never leaves a stage writing into a directory that the rerun resumes."""
+def _libc():
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+LIBC = _libc()  # loaded here, not in the child: between fork and exec the child only calls prctl
+
+
+def _die_with_parent():
+    """In the child, before exec: on Linux, ask for SIGKILL when reproduce.py (the thread that started the stage)
+    dies, even by SIGKILL, so a killed run never leaves a stage writing into a directory that the rerun resumes."""
+    if LIBC is not None:
+        LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 PACKED_SCRIPTS = ("train_sft.py", "train_rm.py", "train_ppo.py")  # the trainers with --pack
@@ -141,6 +155,9 @@ class Stages:
         self.bar = tqdm(total=total, desc="reproduce", unit="stage")
         self.ran, self.reused = 0, 0
         self.versions: dict[str, str] = {}  # output path -> hash of the command (and inputs) that made it
+        self.lock = threading.Lock()  # --jobs: seeds call this object from several threads
+        self.failed: str | None = None  # set by the first failing stage: no other seed starts a new stage
+        self.error: str | None = None  # that stage's error, with its log's last lines
 
     def __call__(self, name: str, script: str, *argv, out: Path, kind: str = "train") -> Path:
         """Run `python script argv` unless its record says this exact command already finished.
@@ -154,15 +171,19 @@ class Stages:
             argv += ["--dtype", self.dtype]
         if self.pack and script in PACKED_SCRIPTS:  # left out when off
             argv += ["--pack"]
-        # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
-        inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
-        cmd = {"script": script, "argv": argv, "inputs": inputs}
+        with self.lock:
+            if self.failed:
+                raise SystemExit(f"error: stage {self.failed} failed; {name} was not started (see that stage's error)")
+            # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
+            inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
+            cmd = {"script": script, "argv": argv, "inputs": inputs}
+            self.bar.set_description(f"reproduce [{name}]")
+            self.versions[str(out)] = hashlib.sha256(json.dumps(cmd, sort_keys=True).encode()).hexdigest()[:16]
         done, pending = self.out / "stages" / f"{name}.json", self.out / "stages" / f"{name}.pending.json"
-        self.bar.set_description(f"reproduce [{name}]")
-        self.versions[str(out)] = hashlib.sha256(json.dumps(cmd, sort_keys=True).encode()).hexdigest()[:16]
         if done.exists() and {k: read_json(done).get(k) for k in cmd} == cmd and out.exists():
-            self.reused += 1
-            self.bar.update(1)
+            with self.lock:
+                self.reused += 1
+                self.bar.update(1)
             return out
         same = pending.exists() and read_json(pending) == cmd
         done.unlink(missing_ok=True)
@@ -184,12 +205,16 @@ class Stages:
                                 stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent).returncode
         if rc != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-            self.bar.close()
-            raise SystemExit(f"error: stage {name} failed (exit {rc}); its log is {log}; last lines:\n{tail}")
+            error = f"error: stage {name} failed (exit {rc}); its log is {log}; last lines:\n{tail}"
+            with self.lock:
+                if not self.failed:
+                    self.failed, self.error = name, error
+            raise SystemExit(error)
         write_json(done, {**cmd, "seconds": round(time.time() - t0, 1)})
         pending.unlink(missing_ok=True)
-        self.ran += 1
-        self.bar.update(1)
+        with self.lock:
+            self.ran += 1
+            self.bar.update(1)
         return out
 
     def seconds(self, name: str) -> float:
@@ -286,21 +311,40 @@ def run_name(m: str, seed: int, ps: int, kl_coef: float) -> str:
     return m + (f"_kl{kl_coef:g}" if kl_coef != DEFAULT_KL_COEF else "") + (f"_ps{ps}" if ps != seed else "")
 
 
-def run_all(st, args, methods: list[str], levels: list[float]) -> dict:
-    """Every stage of the call, seed by seed: the pipeline, then its PPO family at each noise level (with the seed's
-    SFT). Returns flip rate (None: the data's own annotator) -> run records, each list in table order."""
+def run_seed(st, args, methods: list[str], levels: list[float], seed: int) -> dict:
+    """Every stage of one seed: the pipeline, then its PPO family at each noise level (with the seed's SFT).
+    Returns flip rate (None: the data's own annotator) -> that seed's run records."""
     fam = [m for m in methods if m in PPO_FAMILY]
-    records = {None: [], **{lvl: [] for lvl in levels}}
-    for seed in range(args.seeds):
-        d = Path(args.out) / f"s{seed}"
-        records[None] += pipeline(st, args, d, f"s{seed}_", seed, methods)
-        for lvl in levels:  # the same prompts and demonstrations (same seed); only the labels change
-            if fam:
-                records[lvl] += pipeline(st, args, d / f"noise{lvl}", f"s{seed}_noise{lvl}_", seed, fam,
-                                         sft=d / "sft" / "ckpt", flip_rate=lvl)
-            else:
-                st(f"s{seed}_noise{lvl}_data", "prepare_data.py", "--task", args.task, "--out", d / f"noise{lvl}" / "data",
-                   "--seed", seed, *SETTINGS[args.preset]["data"], "--flip-rate", lvl, out=d / f"noise{lvl}" / "data", kind="data")
+    d = Path(args.out) / f"s{seed}"
+    records = {None: pipeline(st, args, d, f"s{seed}_", seed, methods), **{lvl: [] for lvl in levels}}
+    for lvl in levels:  # the same prompts and demonstrations (same seed); only the labels change
+        if fam:
+            records[lvl] = pipeline(st, args, d / f"noise{lvl}", f"s{seed}_noise{lvl}_", seed, fam,
+                                    sft=d / "sft" / "ckpt", flip_rate=lvl)
+        else:
+            st(f"s{seed}_noise{lvl}_data", "prepare_data.py", "--task", args.task, "--out", d / f"noise{lvl}" / "data",
+               "--seed", seed, *SETTINGS[args.preset]["data"], "--flip-rate", lvl, out=d / f"noise{lvl}" / "data", kind="data")
+    return records
+
+
+def run_all(st, args, methods: list[str], levels: list[float], jobs: int = 1) -> dict:
+    """Every stage of the call, seed by seed, or `jobs` seeds side by side (seeds share no stage; each stage is its
+    own process). Returns flip rate (None: the data's own annotator) -> run records, in seed order, then table order."""
+    if jobs > 1:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_seed, st, args, methods, levels, seed) for seed in range(args.seeds)]
+            try:
+                per_seed = [f.result() for f in futures]
+            except BaseException:  # a stage failed (or Ctrl-C): the other seeds end their running stage, start no other
+                st.failed = st.failed or "(interrupted)"
+                for f in futures:
+                    f.cancel()
+                if st.error:
+                    raise SystemExit(st.error) from None  # the failed stage's own error, whichever seed saw it first
+                raise
+    else:
+        per_seed = [run_seed(st, args, methods, levels, seed) for seed in range(args.seeds)]
+    records = {lvl: [r for recs in per_seed for r in recs[lvl]] for lvl in (None, *levels)}
     return {lvl: sorted(recs, key=lambda r: METHODS.index(r["method"])) for lvl, recs in records.items()}
 
 
@@ -365,10 +409,16 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
-    st = Stages(out, count_stages(args, methods, levels), args.threads, args.device, args.dtype, args.pack)
+    threads = args.threads
+    if args.jobs > 1 and not threads:  # each of the jobs' stages gets its share of the CPUs
+        from rlhf.device import cpu_threads
+        threads = max(1, cpu_threads() // args.jobs)
+    st = Stages(out, count_stages(args, methods, levels), threads, args.device, args.dtype, args.pack)
     t0 = time.time()
-    records = run_all(st, args, methods, levels)
-    st.bar.close()
+    try:
+        records = run_all(st, args, methods, levels, jobs=min(args.jobs, args.seeds))
+    finally:
+        st.bar.close()
     runs = records.pop(None)
     base = [r for r in runs if r["eval"] is not None]  # the table's runs: at the first KL coefficient
     summary = summarise(by_method(base, methods, "eval"), seed_of=by_method(base, methods, "seed"))

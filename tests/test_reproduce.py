@@ -215,3 +215,58 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
         samples = next(c for c in cmds if "prompts_unlabelled.jsonl" in " ".join(c))
         assert samples[samples.index("--policy") + 1] == str(tmp_path / coefs / "s0" / first / "ckpt")
 
+
+
+def test_jobs_run_seeds_side_by_side_with_the_same_commands(tmp_path, monkeypatch):
+    """--jobs 2 runs the seeds' stages concurrently (seen: two stages in flight at once), issues exactly the commands
+    of --jobs 1 at the same --threads, and returns the same records in the same order; a failing stage stops the
+    other seed from starting new stages, and the error names the failed stage."""
+    sys.path.insert(0, str(ROOT))
+    import threading
+    import reproduce
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+    cmds, fail = [], {"stage": None}
+
+    def fake_run(cmd, **kw):
+        with lock:
+            cmds.append(tuple(cmd[1:]))
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.02)
+        Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
+        with lock:
+            state["now"] -= 1
+        bad = fail["stage"] is not None and fail["stage"] in " ".join(map(str, cmd))
+        return type("R", (), {"returncode": 1 if bad else 0})()
+
+    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    argv = ["--methods", "sft,ppo,contrastive", "--seeds", "3", "--threads", "1"]
+
+    def go(name, jobs):
+        args = reproduce.parse_args(reproduce.Args, ["--out", str(tmp_path / name), *argv, "--jobs", str(jobs)])
+        methods = reproduce.parse_methods(args.methods)
+        st = reproduce.Stages(Path(args.out), reproduce.count_stages(args, methods, []), args.threads)
+        cmds.clear()
+        try:
+            recs = reproduce.run_all(st, args, methods, [], jobs=jobs)
+        finally:
+            st.bar.close()
+        return st, recs, sorted(c for c in cmds), [c for c in cmds]
+
+    st1, recs1, sorted1, order1 = go("one", 1)
+    assert state["most"] == 1
+    st2, recs2, sorted2, order2 = go("two", 2)
+    assert state["most"] == 2 and st2.ran == st1.ran == len(sorted1)
+    strip = lambda cmds: sorted(tuple(a.replace(str(tmp_path / "two"), "X").replace(str(tmp_path / "one"), "X") for a in c) for c in cmds)
+    assert strip(sorted1) == strip(sorted2) and order1 != order2  # the same commands, interleaved
+    assert [(r["method"], r["seed"], r["run_seed"]) for r in recs1[None]] == [(r["method"], r["seed"], r["run_seed"]) for r in recs2[None]]
+    # seed 1's RM fails: seed 1 stops there, the others start nothing new after it (at most their stage in flight)
+    fail["stage"] = str(tmp_path / "bad" / "s1" / "rm")
+    try:
+        go("bad", 2)
+        raise AssertionError("the failing stage did not stop the run")
+    except SystemExit as e:
+        assert str(e).startswith("error: stage s1_rm failed (exit 1)")
+    done = {p.name for p in (tmp_path / "bad" / "stages").glob("*.json") if not p.name.endswith(".pending.json")}
+    assert "s1_rm.json" not in done and not any(n.startswith("s1_ppo") or n.startswith("s2_ppo") for n in done)
