@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf.config import arg, parse_args
-from rlhf.device import clock, cpu_threads, resolve_device
+from rlhf.device import clock, cpu_threads, keep_freed_memory, resolve_device
 from rlhf.model import GPT, GPTConfig, ScalarModel, generate
 from rlhf.optim import make_optimizer
 from rlhf.ppo import gae, shaped_rewards, whiten
@@ -274,12 +274,14 @@ def summary(xs):
 def main():
     a = parse()
     torch.set_num_threads(a.threads or cpu_threads())
+    kept = keep_freed_memory()  # as every script does (rlhf.run); RLHF_KEEP_FREED_MEMORY=0 for glibc's defaults
     s = SHAPES[a.shape]
     stages, n_policy, n_rm = build(a, s)
     gpu = torch.cuda.get_device_name() if a.device == "cuda" else None
     print(f"shape {a.shape}: {s['n_layer']} layers, {s['n_embd']} wide, {s['n_head']} heads, vocab {s['vocab_size']}, "
           f"{(n_policy + s['block_size'] * s['n_embd']) / 1e6:.2f}M parameters; device {gpu or 'cpu'} "
-          f"({torch.get_num_threads()} threads), {a.dtype}{', compiled' if a.compile else ''}, {a.repeats} repeats")
+          f"({torch.get_num_threads()} threads), {a.dtype}{', compiled' if a.compile else ''}, {a.repeats} repeats"
+          f"{'' if a.device == 'cuda' else '; freed memory kept for reuse' if kept else '; glibc malloc defaults'}")
     times = {k: [] for k in a.stages}
     for rnd in range(a.repeats + 1):  # round 0 warms up (allocations, compilation) and is dropped
         for k in a.stages:
@@ -368,7 +370,7 @@ def main():
               "on a quiet machine of this kind; ratio > 1: ours faster")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(a).items()}, "shape": s, "device_name": gpu or "cpu",
+            json.dump({"args": {k: v for k, v in vars(a).items()}, "shape": s, "device_name": gpu or "cpu", "freed_memory_kept": kept,
                        "threads": torch.get_num_threads(), "n_policy": n_policy, "n_rm": n_rm, "results": res,
                        "raw": {k: v for k, v in times.items()}}, f, indent=1)
 

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 from rlhf.checkpoint import load_model  # noqa: E402
 from rlhf.data import read_jsonl  # noqa: E402
-from rlhf.device import cpu_threads  # noqa: E402
+from rlhf.device import cpu_threads, keep_freed_memory  # noqa: E402
 from rlhf.padding import pack_like, pack_rows  # noqa: E402
 from rlhf.ppo_update import Batch, PPOHParams, ppo_update  # noqa: E402
 from rlhf.reward import bradley_terry_loss, pair_batch  # noqa: E402
@@ -56,6 +56,7 @@ def timed(fn):
 def main(argv=None):
     a = parse_args(Args, argv, description=__doc__.split("\n")[0])
     torch.set_num_threads(a.threads or cpu_threads())
+    keep_freed_memory()
     s0 = Path(a.run) / "s0"
     policy, tok, _ = load_model(s0 / "sft" / "ckpt", "policy")
     rm, _, _ = load_model(s0 / "rm" / "ckpt", "rm")

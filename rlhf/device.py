@@ -53,6 +53,28 @@ def cpu_threads(quota_files=("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.c
     return max(1, min(torch.get_num_threads(), offered // procs))
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Let the next step's tensors reuse the pages the last step's freed (glibc malloc): CPU speed, the same arithmetic.
+
+    glibc serves each allocation above its mmap threshold (adaptive, at most 32 MiB) with a fresh mmap and unmaps it
+    on free, so every training step's large tensors (logits, activations, their gradients) are faulted in again page
+    by page: about 100,000 minor page faults (400 MB) per SFT step at bench.py's peer shape. With mmap and trimming
+    off (mallopt M_MMAP_MAX 0, M_TRIM_THRESHOLD 2 GiB), freed blocks stay in the process and are reused;
+    it then holds its peak memory until it exits. RLHF_KEEP_FREED_MEMORY=0 leaves glibc's defaults (an A/B).
+    Returns True when set: Linux with glibc, not turned off."""
+    if os.environ.get("RLHF_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to set
+        return False
+
+
 def resolve_device(name: str) -> torch.device:
     """auto -> cuda when available, else cpu. Under torchrun a CUDA run uses GPU LOCAL_RANK (one GPU per rank):
     auto picks the GPUs only when there is one for every process on this machine, and an explicit cuda:N is refused

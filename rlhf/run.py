@@ -23,7 +23,7 @@ import torch
 from rlhf import distributed
 from rlhf.config import config_to_dict, print_config, read_paths
 from rlhf.data import named_os_error, read_json, read_metrics, write_json, write_jsonl
-from rlhf.device import cpu_threads, resolve_device, resolve_dtype
+from rlhf.device import cpu_threads, keep_freed_memory, resolve_device, resolve_dtype
 from rlhf.resume import load_train_state
 
 
@@ -348,6 +348,7 @@ def _start(args, config_file=None) -> torch.device:
     distributed.init(args.device)
     args.threads = args.threads or cpu_threads()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()
     print_config(args, config_file)
     return dev
 
