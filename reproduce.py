@@ -3,6 +3,7 @@
 Usage:
     python reproduce.py                                   # story task, tiny preset, one seed
     python reproduce.py --seeds 3                         # the README's table
+    python reproduce.py --seeds 3 --jobs 2 --threads 1    # two seeds side by side, a thread each (2 cores: faster)
     python reproduce.py --preset smoke --task algo --out runs/repro_smoke   # the end-to-end test, ~2 minutes
     python reproduce.py --noise-sweep                     # also: how each method degrades with noisier labels
     python reproduce.py --out runs/rlp --methods sft,ppo,rlp_uml,rlp_spg --ppo-seeds 3   # as experiments/rlp.sh
