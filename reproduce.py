@@ -107,8 +107,9 @@ class Args:
     threads: int = arg(0, "torch CPU threads for every stage (0: the CPUs the stage may use, rlhf.device.cpu_threads; with "
                        "--jobs J, those CPUs divided by J)", ge=0, le=4096)
     jobs: int = arg(1, "seeds run side by side, each stage of a seed in its own process (2 on 2 cores: each stage on one "
-                    "thread; docs/performance.md measures what it gains). The stages' commands are those of --jobs 1 with the "
-                    "same --threads, so the outputs are too", ge=1, le=64)
+                    "thread; docs/performance.md measures what it gains). With --threads N >= 1 the stages' commands, so their "
+                    "outputs, are those of --jobs 1 --threads N; a failed stage stops the run once the other seeds' running "
+                    "stages end", ge=1, le=64)
     device: str = arg("auto", "--device of every stage that computes (auto: each picks cuda when available, else cpu)",
                       check=device_error)
     dtype: str = arg("auto", "--dtype of every training stage (SFT, RM, PPO family, DPO; auto: each script's default, fp32 "
@@ -133,14 +134,15 @@ def _libc():
         return None
 
 
-LIBC = _libc()  # loaded here, not in the child: between fork and exec the child only calls prctl
+LIBC = _libc()
+PRCTL = getattr(LIBC, "prctl", None)  # looked up here, not in the child: between fork and exec it only calls prctl
 
 
 def _die_with_parent():
     """In the child, before exec: on Linux, ask for SIGKILL when reproduce.py (the thread that started the stage)
     dies, even by SIGKILL, so a killed run never leaves a stage writing into a directory that the rerun resumes."""
-    if LIBC is not None:
-        LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if PRCTL is not None:
+        PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 PACKED_SCRIPTS = ("train_sft.py", "train_rm.py", "train_ppo.py")  # the trainers with --pack
@@ -157,8 +159,9 @@ class Stages:
         self.ran, self.reused = 0, 0
         self.versions: dict[str, str] = {}  # output path -> hash of the command (and inputs) that made it
         self.lock = threading.Lock()  # --jobs: seeds call this object from several threads
-        self.failed: str | None = None  # set by the first failing stage: no other seed starts a new stage
-        self.error: str | None = None  # that stage's error, with its log's last lines
+        self.failed: str | None = None  # what failed first ("stage s1_rm"): no other seed starts a new stage
+        self.error: BaseException | None = None  # its error (a stage's names its log and ends with its last lines)
+        self.running: set = set()  # the stages' processes now running
 
     def __call__(self, name: str, script: str, *argv, out: Path, kind: str = "train") -> Path:
         """Run `python script argv` unless its record says this exact command already finished.
@@ -174,7 +177,7 @@ class Stages:
             argv += ["--pack"]
         with self.lock:
             if self.failed:
-                raise SystemExit(f"error: stage {self.failed} failed; {name} was not started (see that stage's error)")
+                raise SystemExit(f"error: {self.failed} failed; {name} was not started (see that error)")
             # the versions of the earlier stages whose outputs this one reads: a rerun upstream reruns it too
             inputs = sorted({v for a in argv for o, v in self.versions.items() if a == o or a.startswith(o + "/")})
             cmd = {"script": script, "argv": argv, "inputs": inputs}
@@ -202,21 +205,42 @@ class Stages:
         with open(log, "w") as f:
             f.write(" ".join([sys.executable, script, *argv, *extra]) + "\n")
             f.flush()
-            rc = subprocess.run([sys.executable, script, *argv, *extra], cwd=Path(__file__).parent,
-                                stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent).returncode
+            proc = subprocess.Popen([sys.executable, script, *argv, *extra], cwd=Path(__file__).parent,
+                                    stdout=f, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            with self.lock:
+                self.running.add(proc)
+            try:
+                rc = proc.wait()
+            except BaseException:  # Ctrl-C: the stage stops with the run (checkpoints are atomic; the rerun resumes it)
+                proc.kill()
+                proc.wait()
+                raise
+            finally:
+                with self.lock:
+                    self.running.discard(proc)
         if rc != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-            error = f"error: stage {name} failed (exit {rc}); its log is {log}; last lines:\n{tail}"
-            with self.lock:
-                if not self.failed:
-                    self.failed, self.error = name, error
-            raise SystemExit(error)
+            error = SystemExit(f"error: stage {name} failed (exit {rc}); its log is {log}; last lines:\n{tail}")
+            self.fail(f"stage {name}", error)
+            raise error
         write_json(done, {**cmd, "seconds": round(time.time() - t0, 1)})
         pending.unlink(missing_ok=True)
         with self.lock:
             self.ran += 1
             self.bar.update(1)
         return out
+
+    def fail(self, what: str, error: BaseException) -> None:
+        """Record the first failure (what, its error): the other seeds start no new stage."""
+        with self.lock:
+            if not self.failed:
+                self.failed, self.error = what, error
+
+    def kill_running(self) -> None:
+        """Stop every stage now running (Ctrl-C under --jobs): each is resumed or rerun by the next call."""
+        with self.lock:
+            for proc in self.running:
+                proc.kill()
 
     def seconds(self, name: str) -> float:
         rec = self.out / "stages" / f"{name}.json"
@@ -332,17 +356,25 @@ def run_all(st, args, methods: list[str], levels: list[float], jobs: int = 1) ->
     """Every stage of the call, seed by seed, or `jobs` seeds side by side (seeds share no stage; each stage is its
     own process). Returns flip rate (None: the data's own annotator) -> run records, in seed order, then table order."""
     if jobs > 1:
+        def one_seed(seed):
+            try:
+                return run_seed(st, args, methods, levels, seed)
+            except BaseException as e:  # a failed stage has recorded itself; anything else is recorded here
+                st.fail(f"seed {seed}", e)
+                raise
+
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_seed, st, args, methods, levels, seed) for seed in range(args.seeds)]
+            futures = [pool.submit(one_seed, seed) for seed in range(args.seeds)]
             try:
                 per_seed = [f.result() for f in futures]
-            except BaseException:  # a stage failed (or Ctrl-C): the other seeds end their running stage, start no other
-                st.failed = st.failed or "(interrupted)"
+            except KeyboardInterrupt:  # Ctrl-C: stop the running stages too
+                st.fail("the run (interrupted)", KeyboardInterrupt())
+                st.kill_running()
+                raise
+            except BaseException:  # a failure: the other seeds end the stage they are running and start no other
                 for f in futures:
                     f.cancel()
-                if st.error:
-                    raise SystemExit(st.error) from None  # the failed stage's own error, whichever seed saw it first
-                raise
+                raise st.error or sys.exc_info()[1] from None  # the first failure's own error, whichever seed saw it
     else:
         per_seed = [run_seed(st, args, methods, levels, seed) for seed in range(args.seeds)]
     records = {lvl: [r for recs in per_seed for r in recs[lvl]] for lvl in (None, *levels)}
@@ -410,14 +442,14 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {**vars(args), "methods": methods, "provenance": provenance()})
-    threads = args.threads
-    if args.jobs > 1 and not threads:  # each of the jobs' stages gets its share of the CPUs
+    threads, jobs = args.threads, min(args.jobs, args.seeds)
+    if jobs > 1 and not threads:  # each of the jobs' stages gets its share of the CPUs
         from rlhf.device import cpu_threads
-        threads = max(1, cpu_threads() // args.jobs)
+        threads = max(1, cpu_threads() // jobs)
     st = Stages(out, count_stages(args, methods, levels), threads, args.device, args.dtype, args.pack)
     t0 = time.time()
     try:
-        records = run_all(st, args, methods, levels, jobs=min(args.jobs, args.seeds))
+        records = run_all(st, args, methods, levels, jobs=jobs)
     finally:
         st.bar.close()
     runs = records.pop(None)

@@ -74,6 +74,20 @@ def test_reproduce_rejects_unknown_method(tmp_path):
         assert p.returncode != 0 and "--kl-coefs" in p.stderr + p.stdout, bad
 
 
+def popen_of(fake_run):
+    """A stand-in for subprocess.Popen whose process is fake_run(cmd, **kw) (-> an object with .returncode)."""
+    class Proc:
+        def __init__(self, cmd, **kw):
+            self.returncode = fake_run(cmd, **kw).returncode
+
+        def wait(self):
+            return self.returncode
+
+        def kill(self):
+            pass
+    return Proc
+
+
 def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch):
     """Stage b reads a's output: changing a's command reruns both; the same commands again rerun nothing."""
     sys.path.insert(0, str(ROOT))
@@ -88,7 +102,7 @@ def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch)
         out.mkdir(parents=True, exist_ok=True)
         return type("R", (), {"returncode": 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
 
     def pipeline(lr):
         st = reproduce.Stages(tmp_path, 2, 0)
@@ -146,7 +160,7 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
         Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
         return type("R", (), {"returncode": 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
     cases = [([], 17), (["--methods", ",".join(reproduce.METHODS)], 25), (["--seeds", "3"], 51),
              (["--methods", "sft,ppo,contrastive,oracle", "--seeds", "2", "--noise-sweep", "--noise-levels", "0.0,0.25"], None),
              (["--methods", "sft,best_of_n", "--noise-sweep"], None), (["--methods", "rlp_spg", "--ppo-seeds", "2"], None),
@@ -238,9 +252,11 @@ def test_jobs_run_seeds_side_by_side_with_the_same_commands(tmp_path, monkeypatc
         with lock:
             state["now"] -= 1
         bad = fail["stage"] is not None and fail["stage"] in " ".join(map(str, cmd))
+        if bad and fail.get("raise"):
+            raise OSError(f"cannot start {cmd[1]}")  # an error outside any stage's exit status
         return type("R", (), {"returncode": 1 if bad else 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "run", fake_run)
+    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
     argv = ["--methods", "sft,ppo,contrastive", "--seeds", "3", "--threads", "1"]
 
     def go(name, jobs):
@@ -269,4 +285,13 @@ def test_jobs_run_seeds_side_by_side_with_the_same_commands(tmp_path, monkeypatc
     except SystemExit as e:
         assert str(e).startswith("error: stage s1_rm failed (exit 1)")
     done = {p.name for p in (tmp_path / "bad" / "stages").glob("*.json") if not p.name.endswith(".pending.json")}
-    assert "s1_rm.json" not in done and not any(n.startswith("s1_ppo") or n.startswith("s2_ppo") for n in done)
+    assert not any(n.startswith("s1_ppo") or n.startswith("s2_ppo") for n in done)
+    # an error that is not a stage's exit status (here: starting seed 1's RM) stops the others too, and is the one raised
+    fail.update(stage=str(tmp_path / "oserr" / "s1" / "rm"), **{"raise": True})
+    try:
+        go("oserr", 2)
+        raise AssertionError("the error did not stop the run")
+    except OSError as e:
+        assert "cannot start train_rm.py" in str(e)
+    done = {p.name for p in (tmp_path / "oserr" / "stages").glob("*.json") if not p.name.endswith(".pending.json")}
+    assert not any(n.startswith("s1_ppo") or n.startswith("s2_ppo") for n in done)
