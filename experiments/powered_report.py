@@ -21,7 +21,7 @@ import csv
 import json
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,10 @@ def report(run: Path) -> str:
              f"decision at delta {cfg['delta']}", "",
              "| method | win rate minus PPO's [95% t] | decision | detectable at 80% power | gold minus PPO's [95% t] | the paper |",
              "|---|---|---|---|---|---|"]
-    for m in [m for m in PRIMARY + SECONDARY if m in paired]:
+    for m in [m for m in PRIMARY + SECONDARY if m in paired or (m in PRIMARY and m in cfg["methods"])]:
+        if m not in paired:
+            lines.append(f"| {LABELS[m]} (primary) | missing: no paired difference in results.json | | | | {PAPER.get(m, '-')} |")
+            continue
         p = paired[m]
         lines.append(f"| {LABELS[m]}{' (primary)' if m in PRIMARY else ''} | {interval(p['win'])} | {p['win'].get('decision', '-')} | "
                      f"{detectable(p['win']['per_unit'])} | {interval(p['gold'])} | {PAPER.get(m, '-')} |")
@@ -104,14 +107,29 @@ def report(run: Path) -> str:
     for m in logged:
         vals = {k: [float(r[k]) for r in rows if r["method"] == m and r[k] not in ("", None)] for k in LOGS}
         lines.append(f"| {LABELS[m]} | " + " | ".join(mean_sd(vals[k]) for k in LOGS) + " |")
-    prov = cfg.get("provenance", {})
-    seconds = sum(v for v in res.get("stage_seconds", {}).values() if v)
-    lines += ["", f"Commit {prov.get('git_commit', '?')[:12]}{' (with uncommitted changes)' if prov.get('git_dirty') else ''}; "
-              f"{seconds / 3600:.1f} hours of stage time (summed; --jobs {cfg.get('jobs', 1)} ran that many seeds side by side); "
-              f"command: `python3 reproduce.py --out {cfg['out']} --seeds {cfg['seeds']} --methods {','.join(cfg['methods'])}"
-              f"{' --pack' if cfg.get('pack') else ''}{' --jobs %d' % cfg['jobs'] if cfg.get('jobs', 1) > 1 else ''}"
-              f" --threads {cfg['threads']}`"]
+    prov = cfg.get("provenance") or {}
+    seeds = tuple(f"s{i}_" for i in range(cfg["seeds"]))
+    seconds = sum(v for k, v in res.get("stage_seconds", {}).items() if v and k.startswith(seeds))
+    lines += ["", f"The call that wrote results.json: commit {(prov.get('git_commit') or '?')[:12]}"
+              f"{' (with uncommitted changes)' if prov.get('git_dirty') else ''}; {seconds / 3600:.1f} hours of stage time over "
+              f"its {cfg['seeds']} seeds (summed: --jobs ran seeds side by side); command: `{command(cfg)}`"]
     return "\n".join(lines) + "\n"
+
+
+def command(cfg: dict) -> str:
+    """The reproduce.py command of a config.json: every argument that differs from reproduce.py's default."""
+    import reproduce
+    defaults = {f.name: f.default for f in fields(reproduce.Args)}
+    parts = []
+    for k, v in cfg.items():
+        if k not in defaults or k == "provenance":
+            continue
+        v = ",".join(v) if k == "methods" else v
+        if v == defaults[k] or (k == "methods" and v == defaults[k].replace(" ", "")):
+            continue
+        flag = "--" + k.replace("_", "-")
+        parts.append(flag if v is True else f"--no-{k.replace('_', '-')}" if v is False else f"{flag} {v}")
+    return " ".join(["python3 reproduce.py", *parts])
 
 
 def main(argv=None):

@@ -29,4 +29,10 @@ def test_report_by_hand(tmp_path):
     assert "+3.4 points over PPO (50.2 against 46.8)" in row
     ppo = next(line for line in md.splitlines() if line.startswith("| PPO |"))
     assert ppo == "| PPO | 3.000 ± 1.414 | 2.000 ± 1.414 | 0.600 ± 0.141 | 0.700 ± 0.141 | - |"  # the 0.2 run left out
-    assert "1.0 hours of stage time" in md and "--pack --jobs 2 --threads 1`" in md and "abcdef123456;" in md
+    assert "1.0 hours of stage time over its 3 seeds" in md and "commit abcdef123456;" in md
+    assert md.rstrip().endswith("`python3 reproduce.py --kl-coefs 0.05,0.2 --out runs/x --seeds 3 --methods sft,ppo,rlp_spg "
+                                "--pack --jobs 2 --threads 1`")  # the defaults (preset tiny, delta 0.03) left out
+    assert "| PPO + contrastive rewards" not in md  # not among the run's methods: no row
+    cfg["methods"].append("contrastive")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert "| PPO + contrastive rewards (primary) | missing" in powered_report.report(tmp_path)
