@@ -166,7 +166,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, repr(lo
 def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in_again():
     """Five SFT steps with 32 MiB logits: with glibc's defaults every step maps its large tensors afresh and faults
     them in page by page (tens of thousands of faults a step); kept (every script's default), the pages freed by
-    the last step are reused. The losses are the same bit for bit."""
+    the last step are mostly reused. The losses are the same bit for bit."""
     def measure(keep):
         env = {**os.environ, "RLHF_KEEP_FREED_MEMORY": keep, "PYTHONPATH": str(ROOT)}
         p = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, check=True)
@@ -174,4 +174,6 @@ def test_keep_freed_memory_reuses_pages_instead_of_faulting_them_in_again():
         return kept == "True", int(n), losses
     (on, kept_faults, kept_losses), (off, default_faults, default_losses) = measure("1"), measure("0")
     assert on and not off and kept_losses == default_losses
-    assert default_faults > 5 * 8_192 and kept_faults < default_faults / 20, (kept_faults, default_faults)
+    # kept: 1 to 24,576 faults in five tries (a block now and then does not fit the hole the last step left), default
+    # about 170,000
+    assert default_faults > 5 * 8_192 and kept_faults < default_faults / 4, (kept_faults, default_faults)
