@@ -6,7 +6,6 @@ given other sizes.
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
 
