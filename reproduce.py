@@ -38,7 +38,6 @@ Each stage's output goes to OUT/logs/<stage>.log; a failing stage stops the run 
 from __future__ import annotations
 
 import json
-import subprocess  # noqa: F401 (the tests replace subprocess.Popen through it)
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -92,6 +92,7 @@ def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch)
     """Stage b reads a's output: changing a's command reruns both; the same commands again rerun nothing."""
     sys.path.insert(0, str(ROOT))
     import reproduce
+    from rlhf import stages
 
     calls, full = [], []
 
@@ -102,7 +103,7 @@ def test_stage_cache_reruns_downstream_of_a_changed_stage(tmp_path, monkeypatch)
         out.mkdir(parents=True, exist_ok=True)
         return type("R", (), {"returncode": 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
+    monkeypatch.setattr(stages.subprocess, "Popen", popen_of(fake_run))
 
     def pipeline(lr):
         st = reproduce.Stages(tmp_path, 2, 0)
@@ -152,6 +153,7 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
     call's 17 stages, all methods' 25 and --seeds 3's 51 are the README's; --ppo-seeds repeats only PPO and its eval."""
     sys.path.insert(0, str(ROOT))
     import reproduce
+    from rlhf import stages
 
     cmds = []
 
@@ -160,7 +162,7 @@ def test_stage_count_is_the_number_of_stages_run(tmp_path, monkeypatch):
         Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True, exist_ok=True)
         return type("R", (), {"returncode": 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
+    monkeypatch.setattr(stages.subprocess, "Popen", popen_of(fake_run))
     cases = [([], 17), (["--methods", ",".join(reproduce.METHODS)], 25), (["--seeds", "3"], 51),
              (["--methods", "sft,ppo,contrastive,oracle", "--seeds", "2", "--noise-sweep", "--noise-levels", "0.0,0.25"], None),
              (["--methods", "sft,best_of_n", "--noise-sweep"], None), (["--methods", "rlp_spg", "--ppo-seeds", "2"], None),
@@ -238,6 +240,7 @@ def test_jobs_run_seeds_side_by_side_with_the_same_commands(tmp_path, monkeypatc
     sys.path.insert(0, str(ROOT))
     import threading
     import reproduce
+    from rlhf import stages
 
     lock, state = threading.Lock(), {"now": 0, "most": 0}
     cmds, fail = [], {"stage": None}
@@ -256,7 +259,7 @@ def test_jobs_run_seeds_side_by_side_with_the_same_commands(tmp_path, monkeypatc
             raise OSError(f"cannot start {cmd[1]}")  # an error outside any stage's exit status
         return type("R", (), {"returncode": 1 if bad else 0})()
 
-    monkeypatch.setattr(reproduce.subprocess, "Popen", popen_of(fake_run))
+    monkeypatch.setattr(stages.subprocess, "Popen", popen_of(fake_run))
     argv = ["--methods", "sft,ppo,contrastive", "--seeds", "3", "--threads", "1"]
 
     def go(name, jobs):
