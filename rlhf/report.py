@@ -364,36 +364,62 @@ def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
     return "wrote curves.png and winrates.png"
 
 
-def frontier_plot(out: Path, curve_rows: list[dict], points: int = 60) -> str:
-    """frontier.png: per method, gold (left) and the proxy's gain since the start (right) against KL, as the upper
-    envelope over the run's KL coefficients (rlhf.frontier.envelope) of each seed; the line is the mean over seeds
-    and the band their range, drawn up to the largest KL every seed reached (Gao et al. 2022's picture)."""
+def frontier_band(curve_rows: list[dict], m: str, key: str = "gold", points: int = 60):
+    """Method m's frontier over seeds: each seed's upper envelope over its KL coefficients (rlhf.frontier.envelope) on
+    a grid up to the largest KL every seed reached; the proxy as its gain since the run's start (each RM has its own
+    offset). -> (grid KLs, mean over seeds, min, max, number of seeds), or None when no run logged the key."""
+    per_seed = []
+    for by_coef in _runs(curve_rows, m).values():
+        cs = [run_curve(rows, key) for rows in by_coef.values()]
+        cs = [[(kl, v - c[0][1]) for kl, v in c] if key == "proxy" else c for c in cs if c]
+        if cs:
+            per_seed.append(cs)
+    if not per_seed:
+        return None
+    reach = min(max(kl for c in cs for kl, _ in c) for cs in per_seed)
+    grid = [reach * i / (points - 1) for i in range(points)]
+    env = [envelope(cs, grid) for cs in per_seed]
+    keep = [j for j in range(points) if all(e[j] is not None for e in env)]
+    cols = [[e[j] for e in env] for j in keep]
+    return ([grid[j] for j in keep], [statistics.fmean(c) for c in cols], [min(c) for c in cols],
+            [max(c) for c in cols], len(per_seed))
+
+
+def frontier_plot(out: Path, curve_rows: list[dict], base: str = "ppo") -> str:
+    """frontier.png, Gao et al. 2022's picture for every method: one column a method, gold (top) and the proxy's gain
+    since the run's start (bottom) against KL; the line is the mean over seeds of each seed's frontier and the band
+    their range (frontier_band); PPO's mean is drawn dashed in every column, SFT's gold dotted."""
     plt = _pyplot()
     if plt is None:
         return "matplotlib is not installed: frontier.csv only (pip install -r requirements-plot.txt for frontier.png)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("gold", "proxy")):
-        for m in dict.fromkeys(r["method"] for r in curve_rows):
-            per_seed = []
-            for by_coef in _runs(curve_rows, m).values():
-                cs = [run_curve(rows, key) for rows in by_coef.values()]
-                cs = [[(kl, v - c[0][1]) for kl, v in c] if key == "proxy" else c for c in cs if c]  # each RM its own offset
-                if cs:
-                    per_seed.append(cs)
-            if not per_seed:
+    methods = list(dict.fromkeys(r["method"] for r in curve_rows))
+    if not methods:
+        return "no logged curves: no frontier.png"
+    fig, axes = plt.subplots(2, len(methods), figsize=(2.6 * len(methods) + 1, 5.5), sharex=True, sharey="row",
+                             squeeze=False)
+    sft = [c[0][1] for by_coef in _runs(curve_rows, base).values() for rows in by_coef.values()
+           if (c := run_curve(rows, "gold"))]
+    for row, key in enumerate(("gold", "proxy")):
+        ref = frontier_band(curve_rows, base, key) if base in methods else None
+        for col, m in enumerate(methods):
+            ax, band = axes[row][col], frontier_band(curve_rows, m, key)
+            if band is None or not band[0]:
                 continue
-            reach = min(max(kl for c in cs for kl, _ in c) for cs in per_seed)
-            grid = [reach * i / (points - 1) for i in range(points)]
-            env = [envelope(cs, grid) for cs in per_seed]
-            xs = [g for j, g in enumerate(grid) if all(e[j] is not None for e in env)]
-            cols = [[e[j] for e in env] for j, g in enumerate(grid) if all(e[j] is not None for e in env)]
-            if not xs:
-                continue
+            xs, mean, lo, hi, n = band
             color = f"C{METHODS.index(m)}"
-            ax.plot(xs, [statistics.fmean(c) for c in cols], color=color, label=f"{LABELS[m]} ({len(per_seed)} runs)")
-            if len(per_seed) > 1:
-                ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=color, alpha=0.2)
-    _gold_and_proxy_axes(axes)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.25, lw=0)
+            ax.plot(xs, mean, color=color, label=f"mean of {n} seeds (band: range)")
+            if ref and m != base:
+                ax.plot(ref[0], ref[1], color="black", ls="--", lw=1, label=LABELS[base])
+            if key == "gold" and sft:
+                ax.axhline(statistics.fmean(sft), color="grey", ls=":", lw=1, label="SFT")
+            if row == 0:
+                ax.set_title(LABELS[m], fontsize=9)
+            else:
+                ax.set_xlabel("KL(policy || SFT), nats")
+            ax.legend(fontsize=6, loc="lower right" if key == "gold" else "upper left")
+    axes[0][0].set_ylabel("gold score")
+    axes[1][0].set_ylabel("proxy gain since the run's start\n(the RM each run trained against)")
     _save(fig, out / "frontier.png")
     plt.close("all")
     return "wrote frontier.png"

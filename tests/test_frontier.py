@@ -127,6 +127,38 @@ def test_frontier_table_pairs_runs_at_the_same_coefficient():
     assert c["gold@kl8"] is None and "missing" in report.frontier_table(table)
 
 
+def test_frontier_band_is_each_seeds_envelope_up_to_the_common_reach():
+    def rows(seed, coef, pts):
+        return [{"method": "ppo", "seed": 0, "pipeline_seed": seed, "step": i, "kl": kl, "gold": g, "proxy": g + 1.0,
+                 "kl_coef": coef} for i, (kl, g) in enumerate(pts)]
+    # seed 0 at two coefficients, seed 1 at one; seed 1 stops at KL 3, so the band ends there
+    curve_rows = (rows(0, 0.05, [(0.0, 0.5), (2.0, 0.7)]) + rows(0, 0.01, [(0.0, 0.5), (4.0, 0.6)])
+                  + rows(1, 0.05, [(0.0, 0.4), (3.0, 0.7)]))
+    xs, mean, lo, hi, n = report.frontier_band(curve_rows, "ppo", "gold", points=4)
+    # seed 0's envelope at KL 0, 1, 2, 3: 0.5, max(0.6, 0.525), max(0.7, 0.55), 0.575 (only the 0.01 run gets to 3)
+    # seed 1's: 0.4, 0.5, 0.6, 0.7
+    assert n == 2 and xs == [0.0, 1.0, 2.0, 3.0]
+    assert mean == pytest.approx([0.45, 0.55, 0.65, 0.6375])
+    assert lo == pytest.approx([0.4, 0.5, 0.6, 0.575]) and hi == pytest.approx([0.5, 0.6, 0.7, 0.7])
+    # the proxy is each run's gain since its start (each RM has its own offset): seed 0 0, 0.1, 0.2, 0.075; seed 1
+    # 0, 0.1, 0.2, 0.3
+    assert report.frontier_band(curve_rows, "ppo", "proxy", points=4)[1] == pytest.approx([0.0, 0.1, 0.2, 0.1875])
+    assert report.frontier_band(curve_rows, "rloo") is None
+
+
+def test_frontier_plot_draws_every_method_or_says_how_to_get_the_png(tmp_path):
+    rows = [{"method": m, "seed": 0, "pipeline_seed": s, "step": i, "kl": kl, "gold": g, "proxy": g, "kl_coef": 0.05}
+            for m in ("ppo", "contrastive") for s in (0, 1) for i, (kl, g) in enumerate(CURVE)]
+    msg = report.frontier_plot(tmp_path, rows)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in msg and not (tmp_path / "frontier.png").exists()
+        return
+    assert msg == "wrote frontier.png" and (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert report.frontier_plot(tmp_path / "none", []) == "no logged curves: no frontier.png"
+
+
 def test_run_diagnostics_skips_unlogged_and_undecided_accuracies(tmp_path):
     """runs.csv's mechanism logs by hand; an on-policy accuracy written as null (no pair decided by gold, which
     small evaluations meet) is left out of its mean rather than breaking the report."""
