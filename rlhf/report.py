@@ -388,7 +388,7 @@ def frontier_band(curve_rows: list[dict], m: str, key: str = "gold", points: int
 def frontier_plot(out: Path, curve_rows: list[dict], base: str = "ppo") -> str:
     """frontier.png, Gao et al. 2022's picture for every method: one column a method, gold (top) and the proxy's gain
     since the run's start (bottom) against KL; the line is the mean over seeds of each seed's frontier and the band
-    their range (frontier_band); PPO's mean is drawn dashed in every column, SFT's gold dotted."""
+    their range (frontier_band); PPO's mean is drawn dashed in every column, SFT's gold (where each band starts) dotted."""
     plt = _pyplot()
     if plt is None:
         return "matplotlib is not installed: frontier.csv only (pip install -r requirements-plot.txt for frontier.png)"
@@ -397,8 +397,6 @@ def frontier_plot(out: Path, curve_rows: list[dict], base: str = "ppo") -> str:
         return "no logged curves: no frontier.png"
     fig, axes = plt.subplots(2, len(methods), figsize=(2.6 * len(methods) + 1, 5.5), sharex=True, sharey="row",
                              squeeze=False)
-    sft = [c[0][1] for by_coef in _runs(curve_rows, base).values() for rows in by_coef.values()
-           if (c := run_curve(rows, "gold"))]
     for row, key in enumerate(("gold", "proxy")):
         ref = frontier_band(curve_rows, base, key) if base in methods else None
         for col, m in enumerate(methods):
@@ -411,8 +409,8 @@ def frontier_plot(out: Path, curve_rows: list[dict], base: str = "ppo") -> str:
             ax.plot(xs, mean, color=color, label=f"mean of {n} seeds (band: range)")
             if ref and m != base:
                 ax.plot(ref[0], ref[1], color="black", ls="--", lw=1, label=LABELS[base])
-            if key == "gold" and sft:
-                ax.axhline(statistics.fmean(sft), color="grey", ls=":", lw=1, label="SFT")
+            if key == "gold":  # every run starts at SFT's evaluation: the band's start is SFT's gold
+                ax.axhline(mean[0], color="grey", ls=":", lw=1, label="SFT")
             if row == 0:
                 ax.set_title(LABELS[m], fontsize=9)
             else:
