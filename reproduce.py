@@ -45,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.config import answer_help, arg, device_error, parse_args
-from rlhf.report import (LABELS, METHODS, curves, frontier, frontier_plot, frontier_table, noise_table, paired_differences,
-                         paired_table, plots, run_diagnostics, summarise, table, winrates, write_csv, write_text)
+from rlhf.plot import frontier_plot, plots
+from rlhf.report import (LABELS, METHODS, curves, frontier, frontier_table, noise_table, paired_differences, paired_table,
+                         run_diagnostics, summarise, table, winrates, write_csv, write_text)
 
 
 PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]

@@ -1,4 +1,4 @@
-"""The tables, CSVs and pictures of a set of evaluated runs (what reproduce.py writes at the end).
+"""The tables and CSVs of a set of evaluated runs (what reproduce.py writes at the end; rlhf.plot draws the pictures).
 
 A run is one evaluated policy: the evaluation JSON that evaluate.py wrote and, for the PPO family, the
 training directory whose metrics.jsonl has its logged evaluations. Mean +- std is over runs (seeds).
@@ -296,31 +296,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(f"{path}.tmp.png", dpi=110)
-    Path(f"{path}.tmp.png").replace(path)
-
-
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
-def _gold_and_proxy_axes(axes) -> None:
-    for ax, key in zip(axes, ("gold", "proxy")):
-        ax.set_xlabel("KL(policy || SFT), nats per response")
-        ax.set_ylabel("gold score" if key == "gold" else "proxy gain since the run's start\n(the RM each run trained against)")
-        ax.legend(fontsize=7)
-
-
-def _runs(curve_rows: list[dict], m: str) -> dict:
+def runs_by_seed(curve_rows: list[dict], m: str) -> dict:
     """Method m's curves.csv rows by run: (pipeline seed, seed) -> KL coefficient -> rows."""
     runs = {}
     for r in curve_rows:
@@ -329,47 +305,12 @@ def _runs(curve_rows: list[dict], m: str) -> dict:
     return runs
 
 
-def plots(out: Path, curve_rows: list[dict], summary: dict) -> str:
-    """curves.png and winrates.png with matplotlib, or a line saying how to get them."""
-    plt = _pyplot()
-    if plt is None:
-        return "matplotlib is not installed: wrote the CSVs only (pip install -r requirements-plot.txt for the PNGs)"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("gold", "proxy")):
-        for m in dict.fromkeys(r["method"] for r in curve_rows):
-            first = True
-            for by_coef in _runs(curve_rows, m).values():  # one line per run: each seed at each KL coefficient
-                for rows in by_coef.values():
-                    pts = run_curve(rows, key)
-                    if pts and key == "proxy":  # each run's RM has its own offset: plot the gain since the run's start
-                        pts = [(kl, y - pts[0][1]) for kl, y in pts]
-                    if pts:
-                        ax.plot(*zip(*pts), marker="o", label=LABELS[m] if first else None,
-                                color=f"C{METHODS.index(m)}", alpha=0.8)
-                        first = False
-    _gold_and_proxy_axes(axes)
-    _save(fig, out / "curves.png")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = list(summary)
-    means = [summary[m]["gold/win_rate"]["mean"] for m in names]
-    los = [min(r["gold/win_rate_lo"] for r in summary[m]["seeds"]) for m in names]
-    his = [max(r["gold/win_rate_hi"] for r in summary[m]["seeds"]) for m in names]
-    ax.bar(range(len(names)), means, yerr=[[a - b for a, b in zip(means, los)], [b - a for a, b in zip(means, his)]],
-           color=[f"C{METHODS.index(m)}" for m in names], capsize=4)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), [LABELS[m] for m in names], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("gold win rate vs SFT")
-    _save(fig, out / "winrates.png")
-    plt.close("all")
-    return "wrote curves.png and winrates.png"
-
-
 def frontier_band(curve_rows: list[dict], m: str, key: str = "gold", points: int = 60):
     """Method m's frontier over seeds: each seed's upper envelope over its KL coefficients (rlhf.frontier.envelope) on
     a grid up to the largest KL every seed reached; the proxy as its gain since the run's start (each RM has its own
     offset). -> (grid KLs, mean over seeds, min, max, number of seeds), or None when no run logged the key."""
     per_seed = []
-    for by_coef in _runs(curve_rows, m).values():
+    for by_coef in runs_by_seed(curve_rows, m).values():
         cs = [run_curve(rows, key) for rows in by_coef.values()]
         cs = [[(kl, v - c[0][1]) for kl, v in c] if key == "proxy" else c for c in cs if c]
         if cs:
@@ -383,41 +324,3 @@ def frontier_band(curve_rows: list[dict], m: str, key: str = "gold", points: int
     cols = [[e[j] for e in env] for j in keep]
     return ([grid[j] for j in keep], [statistics.fmean(c) for c in cols], [min(c) for c in cols],
             [max(c) for c in cols], len(per_seed))
-
-
-def frontier_plot(out: Path, curve_rows: list[dict], base: str = "ppo") -> str:
-    """frontier.png, Gao et al. 2022's picture for every method: one column a method, gold (top) and the proxy's gain
-    since the run's start (bottom) against KL; the line is the mean over seeds of each seed's frontier and the band
-    their range (frontier_band); PPO's mean is drawn dashed in every column, SFT's gold (where each band starts) dotted."""
-    plt = _pyplot()
-    if plt is None:
-        return "matplotlib is not installed: frontier.csv only (pip install -r requirements-plot.txt for frontier.png)"
-    methods = list(dict.fromkeys(r["method"] for r in curve_rows))
-    if not methods:
-        return "no logged curves: no frontier.png"
-    fig, axes = plt.subplots(2, len(methods), figsize=(2.6 * len(methods) + 1, 5.5), sharex=True, sharey="row",
-                             squeeze=False)
-    for row, key in enumerate(("gold", "proxy")):
-        ref = frontier_band(curve_rows, base, key) if base in methods else None
-        for col, m in enumerate(methods):
-            ax, band = axes[row][col], frontier_band(curve_rows, m, key)
-            if band is None or not band[0]:
-                continue
-            xs, mean, lo, hi, n = band
-            color = f"C{METHODS.index(m)}"
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.25, lw=0)
-            ax.plot(xs, mean, color=color, label=f"mean of {n} seeds (band: range)")
-            if ref and m != base:
-                ax.plot(ref[0], ref[1], color="black", ls="--", lw=1, label=LABELS[base])
-            if key == "gold":  # every run starts at SFT's evaluation: the band's start is SFT's gold
-                ax.axhline(mean[0], color="grey", ls=":", lw=1, label="SFT")
-            if row == 0:
-                ax.set_title(LABELS[m], fontsize=9)
-            else:
-                ax.set_xlabel("KL(policy || SFT), nats")
-            ax.legend(fontsize=6, loc="lower right" if key == "gold" else "upper left")
-    axes[0][0].set_ylabel("gold score")
-    axes[1][0].set_ylabel("proxy gain since the run's start\n(the RM each run trained against)")
-    _save(fig, out / "frontier.png")
-    plt.close("all")
-    return "wrote frontier.png"

@@ -6,7 +6,7 @@ import pytest
 
 from rlhf.frontier import envelope, frontier_readings, kl_below, moving_average_peak, value_at_kl
 from rlhf.metrics import decide, detectable_difference, mean_t_interval, paired_bootstrap, units_needed
-from rlhf import report
+from rlhf import plot, report
 
 # a hand-made curve in training order: KL goes up to 5 and comes back to 4
 CURVE = [(0.0, 0.5), (1.0, 0.6), (3.0, 0.7), (5.0, 0.65), (4.0, 0.55)]
@@ -149,14 +149,14 @@ def test_frontier_band_is_each_seeds_envelope_up_to_the_common_reach():
 def test_frontier_plot_draws_every_method_or_says_how_to_get_the_png(tmp_path):
     rows = [{"method": m, "seed": 0, "pipeline_seed": s, "step": i, "kl": kl, "gold": g, "proxy": g, "kl_coef": 0.05}
             for m in ("ppo", "contrastive") for s in (0, 1) for i, (kl, g) in enumerate(CURVE)]
-    msg = report.frontier_plot(tmp_path, rows)
+    msg = plot.frontier_plot(tmp_path, rows)
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "matplotlib is not installed" in msg and not (tmp_path / "frontier.png").exists()
         return
     assert msg == "wrote frontier.png" and (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
-    assert report.frontier_plot(tmp_path / "none", []) == "no logged curves: no frontier.png"
+    assert plot.frontier_plot(tmp_path / "none", []) == "no logged curves: no frontier.png"
 
 
 def test_run_diagnostics_skips_unlogged_and_undecided_accuracies(tmp_path):
