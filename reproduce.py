@@ -37,7 +37,6 @@ Each stage's output goes to OUT/logs/<stage>.log; a failing stage stops the run 
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
