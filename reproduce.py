@@ -45,8 +45,8 @@ from pathlib import Path
 
 from rlhf.config import answer_help, arg, device_error, parse_args
 from rlhf.plot import frontier_plot, plots
-from rlhf.report import (LABELS, METHODS, curves, frontier, frontier_table, noise_table, paired_differences, paired_table,
-                         run_diagnostics, summarise, table, winrates, write_csv, write_text)
+from rlhf.report import (LABELS, METHODS, curves, frontier, frontier_holm_table, frontier_table, noise_table,
+                         paired_differences, paired_table, run_diagnostics, summarise, table, winrates, write_csv, write_text)
 
 
 PPO_FAMILY = ["ppo", "rloo", "grpo", "contrastive", "rlp_uml", "rlp_spg", "oracle"]
@@ -341,7 +341,7 @@ def main(argv=None):
         md += ("\n### Difference from PPO, paired (the same data, SFT, RM, prompts and seeds)\n\n" + paired_table(paired, delta=args.delta))
     if frontier_rows:
         md += ("\n### The frontier: each PPO-family run's logged held-out evaluations read at fixed KL (missing: never reached)\n\n"
-               + frontier_table(frontier_rows))
+               + frontier_table(frontier_rows) + "\n" + frontier_holm_table(frontier_rows))
     results = {"config": {**vars(args), "methods": methods}, "methods": summary,
                "stage_seconds": {p.stem: read_json(p).get("seconds") for p in sorted((out / "stages").glob("*.json"))
                                  if not p.name.endswith(".pending.json")},

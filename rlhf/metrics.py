@@ -72,25 +72,32 @@ def pearson(x, y) -> float:
     return 0.0 if denom == 0 else (x * y).sum().div(denom).item()
 
 
-@functools.lru_cache(maxsize=4096)
-def t_quantile(q: float, df: int) -> float:
-    """The q-quantile (0.5 < q < 1) of Student's t with df degrees of freedom, by bisection on its CDF:
+def t_cdf(t: float, df: int, n: int = 2000) -> float:
+    """Student's t CDF with df degrees of freedom, by Simpson's rule on n intervals (symmetric about 0):
         CDF(t) = 1/2 + integral_0^t c (1 + x^2 / df)^(-(df + 1) / 2) dx,  c = Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2))
-    integrated with Simpson's rule (t_quantile(0.975, 2) = 4.303, as tables give)."""
-    if not 0.5 < q < 1 or df < 1:
-        raise ValueError(f"t_quantile needs 0.5 < q < 1 and df >= 1 (got q={q}, df={df})")
+    (df = 2 has the closed form 1/2 + t / (2 sqrt(2 + t^2)), which the test checks against)."""
+    if df < 1:
+        raise ValueError(f"t_cdf needs df >= 1 (got {df})")
+    if t < 0:
+        return 1.0 - t_cdf(-t, df, n)
     c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
     f = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
+    h = t / n
+    return 0.5 + h / 3 * (f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n)))
 
-    def cdf(t, n=2000):
-        h = t / n
-        return 0.5 + h / 3 * (f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, n)))
+
+@functools.lru_cache(maxsize=4096)
+def t_quantile(q: float, df: int) -> float:
+    """The q-quantile (0.5 < q < 1) of Student's t with df degrees of freedom, by bisection on t_cdf
+    (t_quantile(0.975, 2) = 4.303, as tables give)."""
+    if not 0.5 < q < 1 or df < 1:
+        raise ValueError(f"t_quantile needs 0.5 < q < 1 and df >= 1 (got q={q}, df={df})")
     lo, hi = 0.0, 1.0
-    while cdf(hi) < q:
+    while t_cdf(hi, df) < q:
         hi *= 2
     for _ in range(60):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cdf(mid) < q else (lo, mid)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < q else (lo, mid)
     return (lo + hi) / 2
 
 
@@ -103,6 +110,34 @@ def mean_t_interval(values, alpha: float = 0.05) -> tuple[float, float, float]:
     m = sum(v) / len(v)
     half = t_quantile(1 - alpha / 2, len(v) - 1) * statistics.stdev(v) / math.sqrt(len(v))
     return m, m - half, m + half
+
+
+def paired_t_pvalue(values) -> float:
+    """Two-sided p-value of the paired t-test that the mean of N >= 2 per-unit differences is 0:
+        t = mean / (sd / sqrt(N)),  p = 2 * (1 - CDF_t(|t|; N - 1)),  sd with N - 1
+    (the test whose 95% interval is mean_t_interval: p < 0.05 exactly when that interval excludes 0). With sd = 0,
+    p is 1 when every difference is 0 and 0 otherwise.  values (N,) -> p"""
+    v = [float(x) for x in values]
+    if len(v) < 2:
+        raise ValueError(f"a paired t-test needs at least 2 values (got {len(v)})")
+    m, sd = statistics.fmean(v), statistics.stdev(v)
+    if sd == 0:
+        return 1.0 if m == 0 else 0.0
+    return min(1.0, 2 * (1 - t_cdf(abs(m) / (sd / math.sqrt(len(v))), len(v) - 1)))
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of m p-values for testing them together (Holm 1979, "A simple sequentially
+    rejective multiple test procedure"); it controls the chance of any false rejection at alpha when each adjusted
+    p is compared with alpha. With p_(1) <= ... <= p_(m) in ascending order:
+        adjusted p_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))
+    pvalues (m,) -> adjusted p-values (m,), in the input's order"""
+    p = [float(x) for x in pvalues]
+    out, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(sorted(range(len(p)), key=lambda i: p[i])):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        out[i] = running
+    return out
 
 
 def paired_bootstrap(diffs_by_run, n_boot: int = 4000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:

@@ -197,8 +197,9 @@ def frontier(curve_rows: list[dict], base: str = "ppo", budgets=KL_BUDGETS) -> t
     rlhf.frontier.frontier_readings, SFT's gold being the run's own first evaluation, on the same prompts; one row
     per method and coefficient: each reading's mean over the runs that have it and their number, and for the gold
     readings the paired difference from `base` at the same coefficient and seeds: mean and 95% t-interval over
-    units (_units: pipeline seeds, each averaged over its PPO seeds, or one seed's PPO seeds) that have both)."""
-    from rlhf.metrics import mean_t_interval
+    units (_units: pipeline seeds, each averaged over its PPO seeds, or one seed's PPO seeds) that have both, and the
+    paired t-test's two-sided p-value under `{reading}_minus_{base}_p` (from 2 units on))."""
+    from rlhf.metrics import mean_t_interval, paired_t_pvalue
     groups = {}
     for r in curve_rows:
         groups.setdefault((r["method"], r.get("kl_coef"), r.get("pipeline_seed"), r["seed"]), []).append(r)
@@ -226,6 +227,7 @@ def frontier(curve_rows: list[dict], base: str = "ppo", budgets=KL_BUDGETS) -> t
                         per_unit.setdefault(unit_of(*key), []).append(r[k] - theirs[key][k])
                 d = [statistics.fmean(v) for v in per_unit.values()]
                 row[f"{k}_minus_{base}"] = mean_t_interval(d) if len(d) >= 2 else ((d[0], None, None) if d else None)
+                row[f"{k}_minus_{base}_p"] = paired_t_pvalue(d) if len(d) >= 2 else None
         table_rows.append(row)
     return runs, table_rows
 
@@ -242,12 +244,44 @@ def frontier_table(rows: list[dict], base_label: str = "PPO") -> str:
         cells = []
         for k in keys:
             v = "missing" if r[k] is None else f"{r[k]:.3f}" + (f" ({r[k + '_n']}/{r['runs']})" if r[k + "_n"] < r["runs"] else "")
-            diff = r.get(next((x for x in r if x.startswith(k + "_minus_")), ""), None)
+            diff = r.get(next((x for x in r if x.startswith(k + "_minus_") and not x.endswith("_p")), ""), None)
             if diff:
                 mean, lo, hi = diff
                 v += f"; {mean:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else "") + f" vs {base_label}"
             cells.append(v)
         lines.append(f"| {LABELS[r['method']]} | {r['kl_coef']} | {r['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def frontier_holm(rows: list[dict], base: str = "ppo", alpha: float = 0.05) -> tuple[int, list[dict]]:
+    """The frontier's paired gold readings tested together: every reading of frontier()'s rows with a p-value (each
+    method but `base`, each coefficient, each gold reading) is one test; Holm's adjustment (rlhf.metrics.holm) over
+    all of them. -> (number of tests, the readings with an unadjusted p < alpha, ascending p: method, kl_coef,
+    reading, (mean, lo, hi), p, holm_p)"""
+    from rlhf.metrics import holm
+    tests = [(r, k[: -len(f"_minus_{base}_p")]) for r in rows for k in r
+             if k.endswith(f"_minus_{base}_p") and r[k] is not None]
+    adjusted = holm([r[f"{k}_minus_{base}_p"] for r, k in tests])
+    hits = [{"method": r["method"], "kl_coef": r["kl_coef"], "reading": k, "diff": r[f"{k}_minus_{base}"],
+             "p": r[f"{k}_minus_{base}_p"], "holm_p": a} for (r, k), a in zip(tests, adjusted)
+            if r[f"{k}_minus_{base}_p"] < alpha]
+    return len(tests), sorted(hits, key=lambda h: h["p"])
+
+
+def frontier_holm_table(rows: list[dict], base: str = "ppo", base_label: str = "PPO", alpha: float = 0.05) -> str:
+    """frontier_holm() as markdown: the readings whose 95% interval excludes 0, each with its Holm-adjusted p."""
+    n, hits = frontier_holm(rows, base, alpha)
+    if not n:
+        return ""
+    names = {"gold_peak": "peak gold (3-pt avg)"}
+    lines = [f"{len(hits)} of the {n} paired gold readings above have a 95% interval that excludes 0. Tested together "
+             f"(Holm's adjustment over all {n}), a reading stands at level {alpha} only if its adjusted p is below {alpha}:",
+             "", f"| method | KL coef | reading | difference from {base_label} [95% CI] | p | Holm-adjusted p |",
+             "|---|---|---|---|---|---|"]
+    for h in hits:
+        mean, lo, hi = h["diff"]
+        lines.append(f"| {LABELS[h['method']]} | {h['kl_coef']} | {names.get(h['reading'], h['reading'].replace('gold@kl', 'gold at KL '))} "
+                     f"| {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {h['p']:.4f} | {h['holm_p']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from rlhf.frontier import envelope, frontier_readings, kl_below, moving_average_peak, value_at_kl
-from rlhf.metrics import decide, detectable_difference, mean_t_interval, paired_bootstrap, units_needed
+from rlhf.metrics import (decide, detectable_difference, holm, mean_t_interval, paired_bootstrap, paired_t_pvalue, t_cdf,
+                          units_needed)
 from rlhf import plot, report
 
 # a hand-made curve in training order: KL goes up to 5 and comes back to 4
@@ -125,6 +126,44 @@ def test_frontier_table_pairs_runs_at_the_same_coefficient():
     # KL 4: contrastive seed 1 never gets there (missing, not extrapolated): one pair, no interval
     assert c["gold@kl4_n"] == 1 and c["gold@kl4_minus_ppo"] == (pytest.approx(0.075), None, None)
     assert c["gold@kl8"] is None and "missing" in report.frontier_table(table)
+    # the paired t-test on (-0.025, +0.05): t = 0.0125 / 0.0375 = 1/3 on 1 df (Cauchy), p = 1 - 2 atan(1/3) / pi
+    assert c["gold@kl2_minus_ppo_p"] == pytest.approx(1 - 2 * math.atan(1 / 3) / math.pi, abs=1e-4)
+    assert c["gold@kl4_minus_ppo_p"] is None  # one pair: no test
+
+
+def test_t_cdf_and_paired_t_pvalue_by_hand():
+    for t in (0.5, 2.0, 4.303):  # df = 2: CDF(t) = 1/2 + t / (2 sqrt(2 + t^2))
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-9)
+        assert t_cdf(-t, 2) == pytest.approx(1 - t_cdf(t, 2))
+    # (1, 2, 3): mean 2, sd 1, t = 2 sqrt(3) on 2 df -> p = 2 (1 - CDF) = 1 - sqrt(12) / sqrt(14)
+    assert paired_t_pvalue([1, 2, 3]) == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
+    assert paired_t_pvalue([-1, -2, -3]) == paired_t_pvalue([1, 2, 3])
+    for v in ([0.1, 0.3, 0.2, 0.25], [0.01, -0.02, 0.03]):  # p < 0.05 exactly when the 95% t-interval excludes 0
+        _, lo, hi = mean_t_interval(v)
+        assert (paired_t_pvalue(v) < 0.05) == (lo > 0 or hi < 0)
+    assert paired_t_pvalue([0.0, 0.0]) == 1.0 and paired_t_pvalue([0.2, 0.2]) == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_t_pvalue([1.0])
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_frontier_holm_tests_every_paired_reading_together():
+    rows = [{"method": "ppo", "kl_coef": 0.2, "gold@kl2": 0.8},
+            {"method": "rloo", "kl_coef": 0.2, "gold@kl2_minus_ppo": (0.03, 0.01, 0.05), "gold@kl2_minus_ppo_p": 0.01,
+             "gold_peak_minus_ppo": (0.0, -0.1, 0.1), "gold_peak_minus_ppo_p": 0.9},
+            {"method": "grpo", "kl_coef": 0.01, "gold@kl8_minus_ppo": (0.06, 0.01, 0.11), "gold@kl8_minus_ppo_p": 0.02,
+             "gold@kl16_minus_ppo": (0.1, None, None), "gold@kl16_minus_ppo_p": None}]  # one pair: not a test
+    n, hits = report.frontier_holm(rows)
+    assert n == 3 and [(h["method"], h["reading"]) for h in hits] == [("rloo", "gold@kl2"), ("grpo", "gold@kl8")]
+    assert [h["holm_p"] for h in hits] == pytest.approx([0.03, 0.04])  # 0.01 x 3, then max(0.03, 0.02 x 2)
+    md = report.frontier_holm_table(rows)
+    assert md.startswith("2 of the 3 paired gold readings") and "| GRPO (no critic) | 0.01 | gold at KL 8 | +0.060" in md
+    assert report.frontier_holm_table([{"method": "ppo", "kl_coef": 0.2}]) == ""
 
 
 def test_frontier_band_is_each_seeds_envelope_up_to_the_common_reach():
