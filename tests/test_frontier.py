@@ -132,9 +132,13 @@ def test_frontier_table_pairs_runs_at_the_same_coefficient():
 
 
 def test_t_cdf_and_paired_t_pvalue_by_hand():
-    for t in (0.5, 2.0, 4.303):  # df = 2: CDF(t) = 1/2 + t / (2 sqrt(2 + t^2))
-        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-9)
+    for t in (0.5, 2.0, 4.303, 1e4):  # df = 2: 1/2 + t / (2 sqrt(2 + t^2)); df = 1 (Cauchy): 1/2 + atan(t) / pi
+        assert t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+        assert t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
         assert t_cdf(-t, 2) == pytest.approx(1 - t_cdf(t, 2))
+    far = [t_cdf(t, 9) for t in (2.0, 5.0, 10.0, 20.0)]  # the far tail: rising, never above 1
+    assert far == sorted(far) and max(t_cdf(t, 9) for t in (1e3, 1e6)) <= 1.0
+    assert 0 <= paired_t_pvalue([1, 1 + 1e-9, 1 - 1e-9]) < 1e-12  # t about 1.7e9
     # (1, 2, 3): mean 2, sd 1, t = 2 sqrt(3) on 2 df -> p = 2 (1 - CDF) = 1 - sqrt(12) / sqrt(14)
     assert paired_t_pvalue([1, 2, 3]) == pytest.approx(1 - math.sqrt(12 / 14), abs=1e-9)
     assert paired_t_pvalue([-1, -2, -3]) == paired_t_pvalue([1, 2, 3])
