@@ -232,19 +232,24 @@ def frontier(curve_rows: list[dict], base: str = "ppo", budgets=KL_BUDGETS) -> t
     return runs, table_rows
 
 
-def frontier_table(rows: list[dict], base_label: str = "PPO") -> str:
+def _reading_name(k: str) -> str:
+    """A frontier reading's column title: gold@kl4 -> gold at KL 4."""
+    names = {"gold_peak": "peak gold (3-pt avg)", "kl_at_peak": "KL at the peak", "kl_below_sft": "KL where gold < SFT's"}
+    return names.get(k, k.replace("gold@kl", "gold at KL "))
+
+
+def frontier_table(rows: list[dict], base: str = "ppo", base_label: str = "PPO") -> str:
     """frontier()'s per-method rows as markdown: mean (n runs that reached it) and, below PPO, the paired difference."""
     if not rows:
         return ""
     keys = [k for k in rows[0] if k not in ("method", "kl_coef", "runs") and not k.endswith("_n") and "_minus_" not in k]
-    names = {"gold_peak": "peak gold (3-pt avg)", "kl_at_peak": "KL at the peak", "kl_below_sft": "KL where gold < SFT's"}
-    lines = ["| method | KL coef | runs | " + " | ".join(names.get(k, k.replace("gold@kl", "gold at KL ")) for k in keys) + " |",
+    lines = ["| method | KL coef | runs | " + " | ".join(_reading_name(k) for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for r in rows:
         cells = []
         for k in keys:
             v = "missing" if r[k] is None else f"{r[k]:.3f}" + (f" ({r[k + '_n']}/{r['runs']})" if r[k + "_n"] < r["runs"] else "")
-            diff = r.get(next((x for x in r if x.startswith(k + "_minus_") and not x.endswith("_p")), ""), None)
+            diff = r.get(f"{k}_minus_{base}")
             if diff:
                 mean, lo, hi = diff
                 v += f"; {mean:+.3f}" + (f" [{lo:+.3f}, {hi:+.3f}]" if lo is not None else "") + f" vs {base_label}"
@@ -273,14 +278,13 @@ def frontier_holm_table(rows: list[dict], base: str = "ppo", base_label: str = "
     n, hits = frontier_holm(rows, base, alpha)
     if not n:
         return ""
-    names = {"gold_peak": "peak gold (3-pt avg)"}
     lines = [f"{len(hits)} of the {n} paired gold readings above have a 95% interval that excludes 0. Tested together "
              f"(Holm's adjustment over all {n}), a reading stands at level {alpha} only if its adjusted p is below {alpha}:",
              "", f"| method | KL coef | reading | difference from {base_label} [95% CI] | p | Holm-adjusted p |",
              "|---|---|---|---|---|---|"]
     for h in hits:
         mean, lo, hi = h["diff"]
-        lines.append(f"| {LABELS[h['method']]} | {h['kl_coef']} | {names.get(h['reading'], h['reading'].replace('gold@kl', 'gold at KL '))} "
+        lines.append(f"| {LABELS[h['method']]} | {h['kl_coef']} | {_reading_name(h['reading'])} "
                      f"| {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] | {h['p']:.4f} | {h['holm_p']:.3f} |")
     return "\n".join(lines) + "\n"
 
